@@ -1,0 +1,50 @@
+"""NIfTI (.nii / .nii.gz) loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ctriage.io.errors import CorruptFileError, NotVolumeError
+from ctriage.io.orientation import to_canonical
+from ctriage.io.volume import CTVolume, StudyMeta
+
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith((".nii", ".nii.gz"))
+
+
+def load_nifti(path: Path) -> CTVolume:
+    """Read a NIfTI CT in HU (scl_slope / scl_inter applied) into the canonical orientation."""
+    try:
+        image = nib.load(str(path))
+        data = np.asarray(image.dataobj)
+    except Exception as exc:  # nibabel raises many types for damaged files
+        raise CorruptFileError(f"{path}: not a readable NIfTI file ({exc})") from exc
+    data = np.squeeze(data)
+    if data.ndim != 3 or min(data.shape) < 2:
+        raise NotVolumeError(f"{path}: image has shape {data.shape}; a 3D CT volume is needed")
+    hu, affine, spacing = to_canonical(data, RAS_TO_LPS @ image.affine)
+    hu = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+    stem = path.name.removesuffix(".gz").removesuffix(".nii")
+    meta = StudyMeta(patient_id=stem, source_path=str(path), source_format="nifti")
+    return CTVolume(hu=hu, spacing_mm=spacing, affine=affine, meta=meta)
+
+
+def mask_to_canonical(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
+    """Read a label mask (NIfTI) into the canonical orientation; its shape must match ``shape``."""
+    image = nib.load(str(path))
+    labels, _, _ = to_canonical(np.asarray(image.dataobj), RAS_TO_LPS @ image.affine)
+    if labels.shape != tuple(shape):
+        raise NotVolumeError(f"{path}: mask shape {labels.shape} does not match the CT volume {tuple(shape)}")
+    return np.rint(labels).astype(np.uint8)
+
+
+def save_nifti(array: np.ndarray, affine_lps: np.ndarray, path: Path) -> Path:
+    """Write a canonical (z, y, x) array as NIfTI with the matching RAS affine."""
+    nib.save(nib.Nifti1Image(array, RAS_TO_LPS @ affine_lps), str(path))
+    return path
