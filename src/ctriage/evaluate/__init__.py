@@ -1,0 +1,1 @@
+"""Metrics and evaluation commands for lesion segmentation, identification and severity."""

@@ -1,0 +1,1 @@
+"""Training (torch + MONAI, the optional `[train]` extra). Nothing here is imported by the product at run time."""
