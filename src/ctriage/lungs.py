@@ -1,0 +1,249 @@
+"""Lung segmentation without a trained model: HU thresholds, body mask, airway removal, morphology.
+
+The mask is meant for severity (lesion / lung), so it must contain diseased lung. Vessels and lesions
+enclosed by aerated lung are filled slice by slice here. Dense lung along the chest wall (peripheral
+consolidation, atelectasis next to an effusion) is not air and cannot be told from liver or heart by HU
+alone, so :func:`dense_lung_region` gives the region where it may lie (each lung's convex hull per slice,
+minus bone and the anterior-medial side), and :func:`include_lesions` adds the lesion model's findings
+inside that region back to the lungs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import ConvexHull
+from skimage.draw import polygon
+
+AIR_HU = -400.0  # lung parenchyma (about -850 HU) and airways are below this; soft tissue is above
+BODY_HU = -500.0
+DENSE_LUNG_MAX_HU = 200.0  # hull additions denser than this are bone, not lung
+WORK_PIXEL_MM = 2.0  # in-plane pixel size the mask is computed at
+AIRWAY_MAX_AREA_MM2 = 700.0  # a separate air region this small near the midline is trachea / main bronchus
+MIN_LUNG_ML = 20.0
+LUNG_MIN_MEDIAN_HU = -960.0  # median HU of a lung component is above this; bowel gas is below
+
+
+@dataclass
+class LungMasks:
+    """Left and right lung masks (bool, z-y-x, canonical orientation) and their volumes in mL."""
+
+    left: np.ndarray
+    right: np.ndarray
+    spacing_mm: tuple[float, float, float]
+
+    @property
+    def combined(self) -> np.ndarray:
+        return self.left | self.right
+
+    @property
+    def left_ml(self) -> float:
+        return float(self.left.sum()) * float(np.prod(self.spacing_mm)) / 1000.0
+
+    @property
+    def right_ml(self) -> float:
+        return float(self.right.sum()) * float(np.prod(self.spacing_mm)) / 1000.0
+
+    def labels(self) -> np.ndarray:
+        """uint8 label map: 0 background, 1 right lung, 2 left lung."""
+        out = np.zeros(self.left.shape, np.uint8)
+        out[self.right] = 1
+        out[self.left] = 2
+        return out
+
+
+def _downsample_factor(spacing_mm: tuple[float, float, float]) -> int:
+    return max(1, int(round(WORK_PIXEL_MM / min(spacing_mm[1], spacing_mm[2]))))
+
+
+def _block_mean(hu: np.ndarray, factor: int) -> np.ndarray:
+    if factor == 1:
+        return hu.astype(np.float32)
+    z, y, x = hu.shape
+    y2, x2 = y - y % factor, x - x % factor
+    blocks = hu[:, :y2, :x2].reshape(z, y2 // factor, factor, x2 // factor, factor)
+    return blocks.mean(axis=(2, 4), dtype=np.float32)
+
+
+def body_mask(hu: np.ndarray) -> np.ndarray:
+    """The patient's body (largest connected non-air region), holes filled slice by slice."""
+    tissue = hu > BODY_HU
+    labels, count = ndimage.label(tissue)
+    if count == 0:
+        return tissue
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return _fill_slices(labels == int(np.argmax(sizes)))
+
+
+def _remove_airways(air: np.ndarray, pixel_area_mm2: float) -> np.ndarray:
+    """Drop small air regions near the left-right middle of each slice (trachea, main bronchi)."""
+    out = air.copy()
+    width = air.shape[2]
+    xs = np.broadcast_to(np.arange(width, dtype=np.float64), air.shape[1:])
+    for k in np.flatnonzero(air.any(axis=(1, 2))):
+        labels, count = ndimage.label(air[k])
+        areas = np.bincount(labels.ravel(), minlength=count + 1).astype(float)
+        centre_x = np.bincount(labels.ravel(), weights=xs.ravel(), minlength=count + 1) / np.maximum(areas, 1)
+        central = np.abs(centre_x - width / 2) < 0.15 * width
+        airway = (areas * pixel_area_mm2 < AIRWAY_MAX_AREA_MM2) & central
+        airway[0] = False
+        out[k][airway[labels]] = False
+    return out
+
+
+def _keep_lungs(air: np.ndarray, small_hu: np.ndarray, voxel_ml: float) -> np.ndarray:
+    """Keep the one or two large air components that look like lung; drop bowel gas and noise.
+
+    Lung parenchyma has a median near -850 HU; gas in the bowel is nearly pure air.
+    """
+    labels, count = ndimage.label(air)
+    if count == 0:
+        return air
+    index = np.arange(1, count + 1)
+    sizes = np.zeros(count + 1)
+    sizes[1:] = ndimage.sum_labels(air, labels, index) * voxel_ml
+    candidate = sizes >= MIN_LUNG_ML
+    for i in np.flatnonzero(candidate):
+        candidate[i] = np.median(small_hu[labels == i]) > LUNG_MIN_MEDIAN_HU
+    if not candidate.any():
+        return np.zeros_like(air)
+    order = [int(i) for i in np.argsort(np.where(candidate, sizes, 0))[::-1] if candidate[i]]
+    keep = [order[0]]
+    if len(order) > 1 and sizes[order[1]] > 0.1 * sizes[order[0]]:
+        keep.append(order[1])
+    return np.isin(labels, keep)
+
+
+def _two_largest(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The two largest components when the second is at least 15 % of the first, else None."""
+    labels, count = ndimage.label(mask)
+    if count < 2:
+        return None
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    second, first = np.argsort(sizes)[-2:]
+    if sizes[second] < 0.15 * sizes[first]:
+        return None
+    return labels == first, labels == second
+
+
+def split_left_right(lungs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Split a lung mask into (left, right) by the patient's side; x runs from patient right to left.
+
+    When both lungs form one component (touching at the anterior junction), erode until two large parts
+    appear and give every voxel to the nearer part; failing that, cut at the centre of mass.
+    """
+    parts = _two_largest(lungs)
+    if parts is not None:
+        part1, part2 = parts[0], lungs & ~parts[0]
+    else:
+        core = lungs
+        for _ in range(12):
+            core = ndimage.binary_erosion(core)
+            parts = _two_largest(core)
+            if parts is not None:
+                break
+        if parts is not None:
+            markers = parts[0].astype(np.int8) + 2 * parts[1].astype(np.int8)
+            _, indices = ndimage.distance_transform_edt(markers == 0, return_indices=True)
+            nearest = markers[tuple(indices)]
+            part1, part2 = lungs & (nearest == 1), lungs & (nearest == 2)
+        else:
+            xs = np.arange(lungs.shape[2])[None, None, :]
+            part1 = lungs & (xs >= ndimage.center_of_mass(lungs)[2])
+            part2 = lungs & ~part1
+    if not part1.any() or not part2.any():
+        return lungs.copy(), np.zeros_like(lungs)
+    x1, x2 = ndimage.center_of_mass(part1)[2], ndimage.center_of_mass(part2)[2]
+    return (part1, part2) if x1 > x2 else (part2, part1)
+
+
+def _fill_slices(mask: np.ndarray) -> np.ndarray:
+    out = mask.copy()
+    for k in np.flatnonzero(mask.any(axis=(1, 2))):
+        out[k] = ndimage.binary_fill_holes(mask[k])
+    return out
+
+
+def segment_lungs(hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> LungMasks:
+    """Segment left and right lungs of a canonical HU volume (z, y, x) with spacing (z, y, x) in mm.
+
+    The masks hold the aerated lung with its vessels and enclosed lesions; see :func:`include_lesions`
+    for dense lung along the chest wall.
+    """
+    factor = _downsample_factor(spacing_mm)
+    small = _block_mean(hu, factor)
+    small_spacing = (spacing_mm[0], spacing_mm[1] * factor, spacing_mm[2] * factor)
+    body = body_mask(small)
+    air = _remove_airways((small < AIR_HU) & body, small_spacing[1] * small_spacing[2])
+    lungs = _keep_lungs(air, small, float(np.prod(small_spacing)) / 1000.0)
+    left, right = split_left_right(lungs)
+    left, right = _fill_slices(left), _fill_slices(right)
+    left = _upsample(left, factor, hu.shape)
+    return LungMasks(left=left, right=_upsample(right, factor, hu.shape) & ~left, spacing_mm=spacing_mm)
+
+
+def _slice_hull(section: np.ndarray) -> np.ndarray:
+    """Filled convex hull of a 2D mask."""
+    points = np.argwhere(section)
+    hull = np.zeros_like(section)
+    if len(points) < 3 or np.linalg.matrix_rank(points - points[0]) < 2:
+        hull[section] = True
+        return hull
+    vertices = points[ConvexHull(points).vertices]
+    rows, cols = polygon(vertices[:, 0], vertices[:, 1], shape=section.shape)
+    hull[rows, cols] = True
+    return hull | section
+
+
+def _side_region(lung: np.ndarray, hu: np.ndarray, medial_is_high_x: bool) -> np.ndarray:
+    region = np.zeros_like(lung)
+    ys, xs = np.mgrid[0 : lung.shape[1], 0 : lung.shape[2]]
+    for k in np.flatnonzero(lung.any(axis=(1, 2))):
+        section = lung[k]
+        if section.sum() < 30:
+            continue
+        cy, cx = ndimage.center_of_mass(section)
+        medial = xs > cx if medial_is_high_x else xs < cx
+        anterior = ys < cy + 0.1 * np.ptp(ys[section])
+        region[k] = _slice_hull(section) & ~section & (hu[k] < DENSE_LUNG_MAX_HU) & ~(medial & anterior)
+    return region
+
+
+@dataclass
+class DenseLungRegion:
+    """Where dense (non-aerated) lung may lie next to each aerated lung: bool (z, y, x) per side."""
+
+    left: np.ndarray
+    right: np.ndarray
+
+
+def dense_lung_region(lungs: LungMasks, hu: np.ndarray) -> DenseLungRegion:
+    """Per slice and lung: the convex hull of the aerated lung outside both masks, minus bone (> 200 HU)
+    and minus the anterior-medial quarter, where the hull would take in the heart and hilum."""
+    outside = ~lungs.combined
+    left = _side_region(lungs.left, hu, medial_is_high_x=False) & outside
+    right = _side_region(lungs.right, hu, medial_is_high_x=True) & outside & ~left
+    return DenseLungRegion(left=left, right=right)
+
+
+def include_lesions(lungs: LungMasks, lesion_mask: np.ndarray, region: DenseLungRegion) -> LungMasks:
+    """Add the lesion voxels that lie in the dense-lung ``region`` to the lung on their side."""
+    lesion = lesion_mask > 0
+    return LungMasks(
+        left=lungs.left | (lesion & region.left),
+        right=lungs.right | (lesion & region.right),
+        spacing_mm=lungs.spacing_mm,
+    )
+
+
+def _upsample(mask: np.ndarray, factor: int, shape: tuple[int, ...]) -> np.ndarray:
+    if factor == 1:
+        return mask
+    big = mask.repeat(factor, axis=1).repeat(factor, axis=2)
+    out = np.zeros(shape, bool)
+    out[:, : big.shape[1], : big.shape[2]] = big[:, : shape[1], : shape[2]]
+    return out
