@@ -1,0 +1,198 @@
+"""Labelled 2D slices for COVID-19 identification: dataset layouts, a 2D lung mask and slice scoring.
+
+Layouts read here:
+
+- a labels CSV (``path``, ``label`` 1 = COVID-19, optional ``patient_id``, ``source``, ``split_hint``), e.g.
+  ``shared/data/identification_slices/labels.csv``; paths are relative to the images folder;
+- UCSD COVID-CT (``CT_COVID/``, ``CT_NonCOVID/`` under ``Images-processed/`` or ``Images/``, with the
+  official ``Data-split/{COVID,NonCOVID}/{train,val,test}CT_*.txt`` lists and, when present,
+  ``NonCOVID-CT-MetaInfo.csv``);
+- SARS-CoV-2 CT-scan (Soares et al.): ``COVID/`` and ``non-COVID/`` folders, no patient ids.
+
+The slices are 8-bit lung-window renderings without HU; :func:`pseudo_hu` maps them back onto the lesion
+model's input window so that the same study-level functions run on them.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from skimage.filters import threshold_otsu
+from skimage.morphology import convex_hull_image
+
+from ctriage.preprocess import LESION_INPUT_WINDOW_HU
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+MIN_LUNG_AREA_FRACTION = 0.01  # a dark component smaller than 1 % of the image is not a lung
+CLOSING_FRACTION = 0.02  # closing radius as a fraction of the image's long side (takes in vessels, lesions)
+
+
+@dataclass(frozen=True)
+class LabelledSlice:
+    """One labelled image: ``path``, ``label`` (1 COVID-19, 0 not), patient id, source, split hint."""
+
+    path: Path
+    label: int
+    patient_id: str
+    source: str = ""
+    split: str = ""
+
+
+def read_labels_csv(labels_csv: Path, images_dir: Path) -> list[LabelledSlice]:
+    """Rows of a labels CSV; ``patient_id`` defaults to the image path (each image its own patient)."""
+    with Path(labels_csv).open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or not {"path", "label"} <= set(rows[0]):
+        raise ValueError(f"{labels_csv}: needs at least the columns 'path' and 'label'")
+    return [
+        LabelledSlice(
+            path=Path(images_dir) / row["path"],
+            label=int(row["label"]),
+            patient_id=row.get("patient_id") or row["path"],
+            source=row.get("source") or "",
+            split=row.get("split_hint") or "",
+        )
+        for row in rows
+    ]
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _ucsd_splits(root: Path) -> dict[str, str]:
+    """Image file name -> official split, from ``Data-split/*/{train,val,test}CT_*.txt``."""
+    splits = {}
+    for listing in sorted((root / "Data-split").glob("*/*.txt")):
+        split = listing.name.split("CT_")[0]
+        for name in listing.read_text().split():
+            splits[name] = split
+    return splits
+
+
+def _ucsd_noncovid_patients(root: Path) -> dict[str, str]:
+    """Image file name -> patient id from any ``NonCOVID-CT-MetaInfo.csv`` under ``root``."""
+    patients = {}
+    for meta in root.rglob("NonCOVID-CT-MetaInfo.csv"):
+        with meta.open(newline="", encoding="utf-8-sig") as handle:
+            for row in csv.reader(handle):
+                if len(row) >= 2 and row[0] and not row[0].lower().startswith("image"):
+                    patients[row[0]] = row[1]
+    return patients
+
+
+def ucsd_covid_ct(root: Path) -> list[LabelledSlice]:
+    """UCSD COVID-CT as released: COVID and NonCOVID folders, official split lists, NonCOVID patient meta.
+
+    Without a patient id (the COVID meta is an .xlsx), slices of one figure (``name%k``) share an id; the
+    official split lists are patient-level, so splitting by ``split`` keeps patients apart.
+    """
+    root = Path(root)
+    image_root = next((root / d for d in ("Images-processed", "Images") if (root / d).is_dir()), root)
+    splits, patients = _ucsd_splits(root), _ucsd_noncovid_patients(root)
+    out = []
+    for folder, label in (("CT_COVID", 1), ("CT_NonCOVID", 0)):
+        for path in _images(image_root / folder):
+            patient = patients.get(path.name) or path.stem.split("%")[0]
+            split = splits.get(path.name, "")
+            out.append(LabelledSlice(path, label, f"ucsd_{label}_{patient}", "ucsd_covid_ct", split))
+    return out
+
+
+def sars_cov2_ct(root: Path) -> list[LabelledSlice]:
+    """SARS-CoV-2 CT-scan dataset: ``COVID/`` and ``non-COVID/``; no patient ids, so each image is its own id.
+
+    Slices of one patient cannot be kept together: treat validation on it as slice-level, not patient-level.
+    """
+    root = Path(root)
+    folders = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
+    out = []
+    for name, label in (("covid", 1), ("non-covid", 0)):
+        for path in _images(folders[name]):
+            out.append(LabelledSlice(path, label, f"sarscov2_{name}_{path.stem}", "sars_cov2_ct"))
+    return out
+
+
+def load_gray(path: Path) -> np.ndarray:
+    """8-bit greyscale (H, W) uint8 of an image file (RGB/RGBA converted to luminance)."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L"), np.uint8)
+
+
+def pseudo_hu(gray: np.ndarray) -> np.ndarray:
+    """Invert the lesion model's lung window: 8-bit value v -> low + v / 255 * (high - low) HU (float32)."""
+    low, high = LESION_INPUT_WINDOW_HU
+    return (low + np.asarray(gray, np.float32) / 255.0 * (high - low)).astype(np.float32)
+
+
+def lung_mask_2d(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(left, right) lung masks of an 8-bit axial slice in radiological view (patient's left on image right).
+
+    Dark pixels (below Otsu's threshold) inside the convex hull of the largest bright region (the body; on a
+    crop tight on the lungs, nearly the whole image) are lung candidates. The two largest candidates (each at
+    least ``MIN_LUNG_AREA_FRACTION`` of the image) are closed and hole-filled (vessels, lesions) and assigned
+    to a side by their centroid column; a single merged region is cut at the image's middle column. Each
+    region gets its convex hull minus the anterior-medial quadrant, so consolidation along the chest wall
+    counts as lung.
+    """
+    smooth = ndimage.gaussian_filter(np.asarray(gray, np.float32), 1.0)
+    dark = smooth < threshold_otsu(smooth)
+    tissue, count = ndimage.label(~dark)
+    if count == 0:
+        return np.zeros(dark.shape, bool), np.zeros(dark.shape, bool)
+    body = convex_hull_image(tissue == np.argmax(np.bincount(tissue.ravel())[1:]) + 1)
+    candidates = ndimage.binary_opening(dark & body, iterations=2)
+    min_area = MIN_LUNG_AREA_FRACTION * dark.size
+    labels, count = ndimage.label(candidates)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    keep = [i + 1 for i in np.argsort(sizes)[::-1][:2] if sizes[i] >= min_area]
+    radius = max(1, int(round(CLOSING_FRACTION * max(gray.shape))))
+    structure = ndimage.generate_binary_structure(2, 1)
+    structure = ndimage.iterate_structure(structure, radius)
+    left = np.zeros(dark.shape, bool)
+    right = np.zeros(dark.shape, bool)
+    middle = dark.shape[1] / 2.0
+    for index in keep:
+        closed = ndimage.binary_closing(labels == index, structure, border_value=0)
+        region = _with_dense_periphery(ndimage.binary_fill_holes(closed), middle)
+        columns = np.nonzero(region)[1]
+        if len(keep) == 1:
+            left |= region & (np.arange(dark.shape[1]) >= middle)[None, :]
+            right |= region & (np.arange(dark.shape[1]) < middle)[None, :]
+        elif columns.mean() >= middle:
+            left |= region
+        else:
+            right |= region
+    right &= ~left
+    return left, right
+
+
+def _with_dense_periphery(region: np.ndarray, middle: float) -> np.ndarray:
+    """``region`` plus its convex hull, except the hull's anterior-medial part (heart, hilum).
+
+    Dense lung along the chest wall (consolidation) is brighter than Otsu's threshold: only the hull adds it.
+    """
+    rows, columns = np.nonzero(region)
+    hull = convex_hull_image(region)
+    grid_rows, grid_columns = np.indices(region.shape)
+    medial = (grid_columns > columns.mean()) if columns.mean() < middle else (grid_columns < columns.mean())
+    anterior_medial = medial & (grid_rows < rows.mean())
+    return region | (hull & ~anterior_medial)
+
+
+SliceSegmenter = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""(pseudo-HU slice (H, W), lung mask (H, W) bool) -> lesion mask (H, W) uint8 0/1/2."""
+
+
+def slice_masks(path: Path, segmenter: SliceSegmenter) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lesion mask, left lung, right lung) of one image file, lesions from ``segmenter`` inside the lungs."""
+    gray = load_gray(path)
+    left, right = lung_mask_2d(gray)
+    lesion = segmenter(pseudo_hu(gray), left | right)
+    return lesion, left, right
