@@ -1,0 +1,248 @@
+"""Results as DICOM for the PACS (highdicom): SEG of lesion and lung masks, a measurement report SR, and a
+secondary-capture image of the severity projection.
+
+All three reference the analysed CT series, so a PACS files them in the same study. Masks are in ctriage's
+canonical (z, y, x) grid; they are mapped back onto each source slice's stored pixel grid before encoding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from highdicom.sr import CodedConcept
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+import ctriage
+
+MANUFACTURER = "ctriage"
+PRIVATE_SCHEME = "99CTRIAGE"
+SEG_SERIES_NUMBER, SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9701, 9702, 9703
+
+GGO = CodedConcept("GGO", PRIVATE_SCHEME, "Ground-glass opacity")
+CONSOLIDATION = CodedConcept("95436008", "SCT", "Lung consolidation")
+RIGHT_LUNG = CodedConcept("3341006", "SCT", "Right lung")
+LEFT_LUNG = CodedConcept("44029006", "SCT", "Left lung")
+CHEST_CT = CodedConcept("24627-2", "LN", "CT Chest")
+UCUM_ML = CodedConcept("mL", "UCUM", "milliliter")
+UCUM_PERCENT = CodedConcept("%", "UCUM", "percent")
+UCUM_NONE = CodedConcept("1", "UCUM", "no units")
+GGO_VOLUME = CodedConcept("ggo-volume", PRIVATE_SCHEME, "Ground-glass opacity volume")
+CONSOLIDATION_VOLUME = CodedConcept("consolidation-volume", PRIVATE_SCHEME, "Consolidation volume")
+LESION_PERCENT = CodedConcept("lesion-percent", PRIVATE_SCHEME, "Lesion volume, percent of lung")
+COVID_PROBABILITY = CodedConcept("covid19-probability", PRIVATE_SCHEME, "COVID-19 probability")
+CT_CATEGORY = CodedConcept("ct-category", PRIVATE_SCHEME, "CT severity category (CT-0..4)")
+
+
+def _algorithm() -> hd.AlgorithmIdentificationSequence:
+    return hd.AlgorithmIdentificationSequence(
+        name="ctriage", version=ctriage.__version__, family=codes.cid7162.ArtificialIntelligence
+    )
+
+
+def read_sources(slice_files: list[Path]) -> list[pydicom.Dataset]:
+    """Headers (no pixel data) of the source slices, in canonical z order."""
+    return [pydicom.dcmread(f, stop_before_pixels=True) for f in slice_files]
+
+
+def to_stored_grid(mask: np.ndarray, affine: np.ndarray, source: pydicom.Dataset) -> np.ndarray:
+    """Reorient a canonical (z, y, x) mask to the stored (row, column) pixel grid of ``source``.
+
+    The canonical in-plane axes are permutations / flips of the stored ones (see ``io.orientation``), found by
+    comparing the affine's y and x directions with the source's ImageOrientationPatient.
+    """
+    iop = np.asarray(source.ImageOrientationPatient, float)
+    along_columns, along_rows = iop[:3], iop[3:]  # direction of increasing column index / row index
+    y_dir = affine[:3, 1] / np.linalg.norm(affine[:3, 1])
+    x_dir = affine[:3, 2] / np.linalg.norm(affine[:3, 2])
+    out = mask
+    if abs(y_dir @ along_rows) < abs(y_dir @ along_columns):
+        out = out.transpose(0, 2, 1)
+        y_dir, x_dir = x_dir, y_dir
+    if y_dir @ along_rows < 0:
+        out = out[:, ::-1, :]
+    if x_dir @ along_columns < 0:
+        out = out[:, :, ::-1]
+    return np.ascontiguousarray(out)
+
+
+def _segment(
+    number: int, label: str, category: Any, kind: Any, color: tuple[int, int, int]
+) -> hd.seg.SegmentDescription:
+    return hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=label,
+        segmented_property_category=category,
+        segmented_property_type=kind,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=_algorithm(),
+        display_color=hd.color.CIELabColor.from_rgb(*color),
+    )
+
+
+SEGMENTS = (  # number, label, category, type, display colour; the viewer uses the same colours
+    (1, "Ground-glass opacity", codes.SCT.MorphologicallyAbnormalStructure, GGO, (255, 200, 0)),
+    (2, "Consolidation", codes.SCT.MorphologicallyAbnormalStructure, CONSOLIDATION, (230, 30, 30)),
+    (3, "Right lung", codes.SCT.Organ, RIGHT_LUNG, (60, 140, 255)),
+    (4, "Left lung", codes.SCT.Organ, LEFT_LUNG, (60, 220, 140)),
+)
+
+
+def build_seg(result: Any, sources: list[pydicom.Dataset]) -> hd.seg.Segmentation:
+    """DICOM SEG with GGO, consolidation, right and left lung as binary segments over the source slices."""
+    masks = np.stack(
+        [result.lesion_mask == 1, result.lesion_mask == 2, result.lung_right, result.lung_left], axis=-1
+    )
+    stored = np.stack([to_stored_grid(masks[..., i], result.volume.affine, sources[0]) for i in range(4)], -1)
+    return hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=stored.astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[_segment(*s) for s in SEGMENTS],
+        series_instance_uid=generate_uid(),
+        series_number=SEG_SERIES_NUMBER,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name="ctriage",
+        software_versions=ctriage.__version__,
+        device_serial_number="0",
+        series_description="ctriage lesions and lungs",
+        omit_empty_frames=False,
+    )
+
+
+def lung_measures(result: Any, lung: np.ndarray) -> dict[str, float]:
+    """GGO and consolidation volume inside one lung (mL) and their share of the lung's volume (%)."""
+    voxel_ml = float(np.prod(result.volume.spacing_mm)) / 1000.0
+    lung_voxels = int(lung.sum())
+    ggo = int(np.count_nonzero(lung & (result.lesion_mask == 1)))
+    consolidation = int(np.count_nonzero(lung & (result.lesion_mask == 2)))
+    return {
+        "lung_ml": lung_voxels * voxel_ml,
+        "ggo_ml": ggo * voxel_ml,
+        "consolidation_ml": consolidation * voxel_ml,
+        "lesion_percent": 100.0 * (ggo + consolidation) / lung_voxels if lung_voxels else 0.0,
+    }
+
+
+def _lung_group(
+    result: Any, seg: hd.seg.Segmentation, segment_number: int, site: CodedConcept, lung: np.ndarray
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    values = lung_measures(result, lung)
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=site.meaning),
+        referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, segment_number),
+        finding_type=codes.SCT.Lung,
+        finding_sites=[hd.sr.FindingSite(site)],
+        measurements=[
+            hd.sr.Measurement(codes.SCT.Volume, values["lung_ml"], UCUM_ML),
+            hd.sr.Measurement(GGO_VOLUME, values["ggo_ml"], UCUM_ML),
+            hd.sr.Measurement(CONSOLIDATION_VOLUME, values["consolidation_ml"], UCUM_ML),
+            hd.sr.Measurement(LESION_PERCENT, values["lesion_percent"], UCUM_PERCENT),
+        ],
+    )
+
+
+def _study_group(report: dict[str, Any]) -> hd.sr.MeasurementsAndQualitativeEvaluations | None:
+    """COVID-19 probability and CT-0..4 category of the whole study, where the report has them."""
+    measurements, evaluations = [], []
+    identification = report.get("identification") or {}
+    if identification.get("probability") is not None:
+        measurements.append(
+            hd.sr.Measurement(COVID_PROBABILITY, float(identification["probability"]), UCUM_NONE)
+        )
+    category = (report.get("severity") or {}).get("ct_category")
+    if category is not None:
+        value = CodedConcept(f"CT-{int(category)}", PRIVATE_SCHEME, f"CT-{int(category)}")
+        evaluations.append(hd.sr.QualitativeEvaluation(CT_CATEGORY, value))
+    if not measurements and not evaluations:
+        return None
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="Study"),
+        finding_type=codes.SCT.Lung,
+        measurements=measurements or None,
+        qualitative_evaluations=evaluations or None,
+    )
+
+
+def build_sr(
+    result: Any, sources: list[pydicom.Dataset], seg: hd.seg.Segmentation
+) -> hd.sr.Comprehensive3DSR:
+    """Measurement report (TID 1500): per-lung volumes and lesion share (referencing the SEG), scores."""
+    groups: list[Any] = [
+        _lung_group(result, seg, 3, RIGHT_LUNG, result.lung_right),
+        _lung_group(result, seg, 4, LEFT_LUNG, result.lung_left),
+    ]
+    study = _study_group(result.to_dict())
+    if study is not None:
+        groups.append(study)
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(), name="ctriage", manufacturer_name=MANUFACTURER
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=CHEST_CT,
+        imaging_measurements=groups,
+    )
+    return hd.sr.Comprehensive3DSR(
+        evidence=[*sources, seg],
+        content=report,
+        series_instance_uid=generate_uid(),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        series_description="ctriage measurements",
+        is_complete=True,
+    )
+
+
+def build_sc(image_rgb: np.ndarray, reference: pydicom.Dataset) -> hd.sc.SCImage:
+    """Secondary capture of an RGB summary image (the severity projection) in the study of ``reference``."""
+    return hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=reference,
+        pixel_array=np.ascontiguousarray(image_rgb[..., :3], dtype=np.uint8),
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        series_instance_uid=generate_uid(),
+        series_number=SC_SERIES_NUMBER,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        patient_orientation=("L", "F"),
+        series_description="ctriage severity projection",
+    )
+
+
+def build_dicom_outputs(
+    result: Any, slice_files: list[Path], summary_rgb: np.ndarray | None = None
+) -> list[pydicom.Dataset]:
+    """SEG, SR and (with ``summary_rgb``) a secondary capture for a study read from single-frame DICOM."""
+    if len(slice_files) != result.lesion_mask.shape[0]:
+        raise ValueError(f"{len(slice_files)} source files for {result.lesion_mask.shape[0]} slices")
+    sources = read_sources(slice_files)
+    seg = build_seg(result, sources)
+    outputs: list[pydicom.Dataset] = [seg, build_sr(result, sources, seg)]
+    if summary_rgb is not None:
+        outputs.append(build_sc(summary_rgb, sources[0]))
+    return outputs
+
+
+def write_dicom_outputs(datasets: list[pydicom.Dataset], outdir: Path) -> list[Path]:
+    """Save ``datasets`` as seg.dcm / sr.dcm / sc.dcm (by modality) under ``outdir``; returns the paths."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ds in datasets:
+        path = outdir / f"{str(ds.Modality).lower()}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths

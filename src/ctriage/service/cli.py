@@ -1,0 +1,141 @@
+"""`ctriage serve` and `ctriage pull`: the triage service and a one-shot PACS query/retrieve."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ctriage.service.config import ServiceConfig, load_config
+
+app = typer.Typer(help="Triage service: DICOM listener, workers, REST API and web UI.", no_args_is_help=True)
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML settings file (or $CTRIAGE_CONFIG).")
+]
+DataDirOpt = Annotated[
+    Path | None, typer.Option(help="Folder for the database, received studies and results.")
+]
+AeOpt = Annotated[str | None, typer.Option("--ae-title", help="Our DICOM AE title.")]
+DicomPortOpt = Annotated[int | None, typer.Option(help="DICOM listener port.")]
+PacsOpt = Annotated[str | None, typer.Option(help="PACS to query / retrieve from, AE@host:port.")]
+
+
+def _config(config: Path | None, **overrides: Any) -> ServiceConfig:
+    try:
+        return load_config(config, overrides)
+    except (ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("pynetdicom").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    ae_title: AeOpt = None,
+    dicom_port: DicomPortOpt = None,
+    http_host: Annotated[str | None, typer.Option(help="HTTP bind address (0.0.0.0 for all).")] = None,
+    http_port: Annotated[int | None, typer.Option(help="HTTP port of the web UI and API.")] = None,
+    allowed_calling_aets: Annotated[
+        str | None, typer.Option(help="Comma-separated calling AE allow-list.")
+    ] = None,
+    pacs: PacsOpt = None,
+    destination: Annotated[str | None, typer.Option(help="Where SEG / SR go, AE@host:port.")] = None,
+    quiet_period_s: Annotated[
+        float | None, typer.Option(help="Seconds without new instances = complete.")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Parallel analysis jobs.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the listener, the analysis workers and the web UI until interrupted."""
+    import uvicorn
+
+    from ctriage.service.api import create_app
+    from ctriage.service.runtime import Service
+
+    _logging(verbose)
+    settings = _config(
+        config,
+        data_dir=data_dir,
+        ae_title=ae_title,
+        dicom_port=dicom_port,
+        http_host=http_host,
+        http_port=http_port,
+        allowed_calling_aets=allowed_calling_aets,
+        pacs=pacs,
+        destination=destination,
+        quiet_period_s=quiet_period_s,
+        workers=workers,
+    )
+    service = Service.create(settings)
+    service.start()
+    typer.echo(
+        f"ctriage: DICOM {settings.ae_title} on port {settings.dicom_port}, "
+        f"web UI on http://{settings.http_host}:{settings.http_port}/, data in {settings.data_dir.resolve()}"
+    )
+    try:
+        uvicorn.run(
+            create_app(service),
+            host=settings.http_host,
+            port=settings.http_port,
+            log_level="info" if verbose else "warning",
+        )
+    finally:
+        service.stop()
+
+
+@app.command()
+def pull(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    ae_title: AeOpt = None,
+    dicom_port: DicomPortOpt = None,
+    pacs: PacsOpt = None,
+    method: Annotated[
+        str | None, typer.Option(help="Retrieve with 'move' (to our listener) or 'get'.")
+    ] = None,
+    days: Annotated[int | None, typer.Option(help="Query studies of the last N days.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Query the PACS once for new CT studies and retrieve them; the next `serve` analyses them.
+
+    For C-MOVE this starts our listener, so run it while `serve` is stopped; a running service pulls by itself
+    (setting pull_interval_s) or on POST /api/pull.
+    """
+    from ctriage.service.pacs import DicomNetworkError
+    from ctriage.service.runtime import Service
+
+    _logging(verbose)
+    settings = _config(
+        config,
+        data_dir=data_dir,
+        ae_title=ae_title,
+        dicom_port=dicom_port,
+        pacs=pacs,
+        retrieve_method=method,
+        pull_days=days,
+    )
+    if settings.pacs is None:
+        typer.echo("error: no PACS configured (--pacs AE@host:port or 'pacs' in the config)", err=True)
+        raise typer.Exit(2)
+    service = Service.create(settings)
+    service.start(listen=settings.retrieve_method == "move", work=False, periodic_pull=False)
+    try:
+        fetched = service.pull()
+    except DicomNetworkError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        service.stop()
+    typer.echo(f"retrieved {len(fetched)} new study(ies)" + "".join(f"\n  {uid}" for uid in fetched))

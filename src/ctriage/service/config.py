@@ -1,0 +1,137 @@
+"""Service settings: defaults < TOML file < CTRIAGE_* environment variables < CLI flags.
+
+Everything has a default, so ``ctriage serve`` runs with no set-up: an SQLite file and the received studies
+live under ``data_dir`` (``./ctriage-data``), the DICOM listener answers as CTRIAGE on port 11112 and the web
+UI is on http://127.0.0.1:8080.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "CTRIAGE_"
+
+
+@dataclass(frozen=True)
+class DicomNode:
+    """A remote DICOM application entity: AE title, host name or IP address, port."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, value: str | dict[str, Any]) -> DicomNode:
+        """Read ``AE@host:port`` or a ``{ae_title, host, port}`` table."""
+        if isinstance(value, dict):
+            return cls(str(value["ae_title"]), str(value["host"]), int(value["port"]))
+        ae_title, _, address = value.partition("@")
+        host, _, port = address.rpartition(":")
+        if not ae_title or not host or not port.isdigit():
+            raise ValueError(f"{value!r}: expected AE_TITLE@host:port")
+        return cls(ae_title, host, int(port))
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """All settings of ``ctriage serve``; see docs/deployment.md for what each one is for."""
+
+    data_dir: Path = Path("ctriage-data")
+    database_url: str = ""  # default: sqlite file <data_dir>/ctriage.db
+    ae_title: str = "CTRIAGE"
+    dicom_host: str = "0.0.0.0"
+    dicom_port: int = 11112
+    allowed_calling_aets: tuple[str, ...] = ()  # empty: accept any calling AE title
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    quiet_period_s: float = 30.0
+    workers: int = 1
+    poll_interval_s: float = 1.0
+    triage_policy: str = "combined"
+    pacs: DicomNode | None = None  # queried by C-FIND and asked for C-MOVE / C-GET in pull mode
+    retrieve_method: str = "move"  # "move" or "get"
+    pull_interval_s: float = 0.0  # 0: no periodic pull (``ctriage service pull`` still works)
+    pull_days: int = 1  # query studies from today and the days before
+    destination: DicomNode | None = None  # receives SEG / SR (and secondary capture) by C-STORE
+    send_secondary_capture: bool = True
+
+    @property
+    def db_url(self) -> str:
+        """SQLAlchemy URL of the job database."""
+        return self.database_url or f"sqlite:///{(self.data_dir / 'ctriage.db').resolve()}"
+
+    @property
+    def studies_dir(self) -> Path:
+        """Received instances, one folder per StudyInstanceUID; never deleted by ctriage."""
+        return self.data_dir / "studies"
+
+    @property
+    def results_dir(self) -> Path:
+        """Analysis outputs, one folder per job id."""
+        return self.data_dir / "results"
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn a TOML / environment / CLI value into the type of field ``name``."""
+    if value is None:
+        return None
+    if name == "data_dir":
+        return Path(value)
+    if name in ("pacs", "destination"):
+        return None if value in ("", "none") else DicomNode.parse(value)
+    if name == "allowed_calling_aets":
+        items = value.split(",") if isinstance(value, str) else value
+        return tuple(str(v).strip() for v in items if str(v).strip())
+    if name in ("dicom_port", "http_port", "workers", "pull_days"):
+        return int(value)
+    if name in ("quiet_period_s", "poll_interval_s", "pull_interval_s"):
+        return float(value)
+    if name == "send_secondary_capture":
+        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+    return str(value)
+
+
+def _known(values: dict[str, Any], origin: str) -> dict[str, Any]:
+    names = {f.name for f in fields(ServiceConfig)}
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f"{origin}: unknown setting(s) {', '.join(sorted(unknown))}")
+    return {k: _coerce(k, v) for k, v in values.items()}
+
+
+def from_toml(path: Path) -> dict[str, Any]:
+    """Settings from a TOML file; a ``[service]`` table is read if present, else the top level."""
+    data = tomllib.loads(Path(path).read_text())
+    return _known(data.get("service", data), str(path))
+
+
+def from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Settings from ``CTRIAGE_<NAME>`` environment variables (e.g. ``CTRIAGE_AE_TITLE``)."""
+    environ = dict(os.environ if environ is None else environ)
+    names = {f.name for f in fields(ServiceConfig)}
+    values = {n: environ[ENV_PREFIX + n.upper()] for n in names if ENV_PREFIX + n.upper() in environ}
+    return _known(values, "environment")
+
+
+def load_config(
+    path: Path | None = None, overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None
+) -> ServiceConfig:
+    """Defaults < TOML (``path`` or ``$CTRIAGE_CONFIG``) < environment < ``overrides`` (CLI; None = unset)."""
+    env = dict(os.environ if environ is None else environ)
+    path = path or (Path(env["CTRIAGE_CONFIG"]) if env.get("CTRIAGE_CONFIG") else None)
+    values: dict[str, Any] = {}
+    if path is not None:
+        values.update(from_toml(path))
+    values.update(from_env(env))
+    values.update(_known({k: v for k, v in (overrides or {}).items() if v is not None}, "command line"))
+    config = replace(ServiceConfig(), **values)
+    if config.retrieve_method not in ("move", "get"):
+        raise ValueError(f"retrieve_method must be 'move' or 'get', not {config.retrieve_method!r}")
+    return config

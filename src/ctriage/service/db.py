@@ -1,0 +1,203 @@
+"""The job database (SQLAlchemy 2): a row per study with its job status and result, reviews."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+# Job states: instances arriving -> waiting for a worker -> being analysed -> finished / failed with a reason.
+RECEIVING, QUEUED, RUNNING, DONE, FAILED = "receiving", "queued", "running", "done", "failed"
+STATUSES = (RECEIVING, QUEUED, RUNNING, DONE, FAILED)
+
+
+def utcnow() -> datetime:
+    """Timezone-aware current time in UTC."""
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the service's tables."""
+
+
+class Study(Base):
+    """A received study and the state of its analysis job."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(128), unique=True, index=True)
+    source: Mapped[str] = mapped_column(String(16))  # push, pull or upload
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    path: Mapped[str] = mapped_column(Text)  # folder (or NIfTI file) the analysis reads
+    patient_id: Mapped[str] = mapped_column(String(64), default="")
+    patient_name: Mapped[str] = mapped_column(String(128), default="")
+    accession_number: Mapped[str] = mapped_column(String(64), default="")
+    study_date: Mapped[str] = mapped_column(String(16), default="")
+    study_description: Mapped[str] = mapped_column(String(128), default="")
+    n_instances: Mapped[int] = mapped_column(Integer, default=0)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_instance_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    status: Mapped[str] = mapped_column(String(16), default=RECEIVING, index=True)
+    progress: Mapped[str] = mapped_column(String(64), default="")
+    error: Mapped[str] = mapped_column(Text, default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    result_dir: Mapped[str] = mapped_column(Text, default="")
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    probability: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ct_category: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_ratio: Mapped[float | None] = mapped_column(Float, nullable=True)
+    send_status: Mapped[str] = mapped_column(Text, default="")  # "", "sent ...", "failed: reason"
+    reviews: Mapped[list[Review]] = relationship(back_populates="study", order_by="Review.created_at")
+
+    def summary(self) -> dict[str, Any]:
+        """The worklist row of this study, JSON-ready."""
+        latest = self.reviews[-1] if self.reviews else None
+        return {
+            "id": self.id,
+            "study_uid": self.study_uid,
+            "source": self.source,
+            "patient_id": self.patient_id,
+            "patient_name": self.patient_name,
+            "accession_number": self.accession_number,
+            "study_date": self.study_date,
+            "study_description": self.study_description,
+            "n_instances": self.n_instances,
+            "received_at": _iso(self.received_at),
+            "status": self.status,
+            "progress": self.progress,
+            "error": self.error,
+            "attempts": self.attempts,
+            "probability": self.probability,
+            "ct_category": self.ct_category,
+            "max_ratio": self.max_ratio,
+            "send_status": self.send_status,
+            "review": latest.to_dict() if latest else None,
+        }
+
+
+class Review(Base):
+    """A radiologist's confirm / reject of a result, with a comment, who and when."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    decision: Mapped[str] = mapped_column(String(16))  # confirmed or rejected
+    comment: Mapped[str] = mapped_column(Text, default="")
+    user: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    study: Mapped[Study] = relationship(back_populates="reviews")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready review."""
+        return {
+            "decision": self.decision,
+            "comment": self.comment,
+            "user": self.user,
+            "created_at": _iso(self.created_at),
+        }
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL lets the listener, the workers and the API write without blocking readers."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def open_db(url: str) -> sessionmaker[Session]:
+    """Connect to (and create the tables of) the database at ``url``; returns a session factory."""
+    is_sqlite = url.startswith("sqlite")
+    engine: Engine = create_engine(
+        url,
+        connect_args={"timeout": 30, "check_same_thread": False} if is_sqlite else {},
+        json_serializer=lambda v: json.dumps(v, allow_nan=False, default=str),
+    )
+    if is_sqlite:
+        event.listen(engine, "connect", _sqlite_pragmas)
+    Base.metadata.create_all(engine)
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def recover_interrupted(sessions: sessionmaker[Session]) -> int:
+    """After a restart, jobs running when the process stopped go back to the queue; returns how many."""
+    with sessions.begin() as session:
+        result = session.execute(
+            update(Study).where(Study.status == RUNNING).values(status=QUEUED, progress="")
+        )
+        return result.rowcount or 0
+
+
+def promote_quiet(sessions: sessionmaker[Session], quiet_period_s: float, now: datetime | None = None) -> int:
+    """Queue studies that received no instance for ``quiet_period_s``; returns how many were queued."""
+    now = now or utcnow()
+    with sessions.begin() as session:
+        ids = [
+            s.id
+            for s in session.scalars(select(Study).where(Study.status == RECEIVING))
+            if (now - as_utc(s.last_instance_at)).total_seconds() >= quiet_period_s
+        ]
+        if ids:
+            session.execute(update(Study).where(Study.id.in_(ids)).values(status=QUEUED))
+        return len(ids)
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite returns naive datetimes; they were stored in UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def claim_next(sessions: sessionmaker[Session]) -> Study | None:
+    """Atomically move the oldest queued study to running and return it (None when the queue is empty)."""
+    with sessions.begin() as session:
+        for study_id in session.scalars(
+            select(Study.id).where(Study.status == QUEUED).order_by(Study.received_at)
+        ):
+            claimed = session.execute(
+                update(Study)
+                .where(Study.id == study_id, Study.status == QUEUED)
+                .values(
+                    status=RUNNING, started_at=utcnow(), attempts=Study.attempts + 1, error="", progress=""
+                )
+            )
+            if claimed.rowcount == 1:
+                return session.get(Study, study_id)
+    return None
+
+
+def requeue(sessions: sessionmaker[Session], study_id: int) -> bool:
+    """Queue a failed or finished study again (retry from the UI / API); False if it is in another state."""
+    with sessions.begin() as session:
+        result = session.execute(
+            update(Study)
+            .where(Study.id == study_id, Study.status.in_((FAILED, DONE)))
+            .values(status=QUEUED, error="", progress="")
+        )
+        return result.rowcount == 1

@@ -1,0 +1,185 @@
+"""Analysis workers: queue quiet studies, analyse them one per thread, store results, send DICOM back.
+
+A job's state lives in the database only, so a restart picks up where the process stopped: studies still
+receiving are queued after their quiet period, interrupted jobs are queued again. A failure is recorded with
+its reason and never deletes the received files.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from sqlalchemy.orm import Session, sessionmaker
+
+from ctriage.io.errors import InputError
+from ctriage.service import pacs
+from ctriage.service.config import ServiceConfig
+from ctriage.service.db import DONE, FAILED, RECEIVING, Study, as_utc, claim_next, promote_quiet, utcnow
+
+log = logging.getLogger(__name__)
+
+Analyze = Callable[..., Any]  # analyze_path(path, progress=...) -> StudyResult
+VIEWER_FILES = ("hu.npy", "lesion.npy", "lungs.npy")  # arrays the web viewer memory-maps
+
+
+def default_analyze(path: Path, progress: Callable[[str], None] | None = None) -> Any:
+    """The real pipeline (imported on first use so the service starts fast)."""
+    from ctriage.pipeline import analyze_path
+
+    return analyze_path(path, progress=progress)
+
+
+def save_viewer_arrays(result: Any, outdir: Path) -> None:
+    """Save the HU volume, lesion labels and lung labels (1 right, 2 left) for slice rendering."""
+    np.save(outdir / "hu.npy", np.ascontiguousarray(result.volume.hu, dtype=np.int16))
+    np.save(outdir / "lesion.npy", np.ascontiguousarray(result.lesion_mask, dtype=np.uint8))
+    lungs = np.zeros(result.lesion_mask.shape, np.uint8)
+    lungs[np.asarray(result.lung_right, bool)] = 1
+    lungs[np.asarray(result.lung_left, bool)] = 2
+    np.save(outdir / "lungs.npy", lungs)
+
+
+def _summary_rgb(outputs: dict[str, Path]) -> np.ndarray | None:
+    projection = outputs.get("projection") or next(
+        (p for p in outputs.values() if p.name == "projection.png"), None
+    )
+    if projection is None or not Path(projection).exists():
+        return None
+    return np.asarray(Image.open(projection).convert("RGB"))
+
+
+class Worker:
+    """Background analysis threads over the job database."""
+
+    def __init__(
+        self, config: ServiceConfig, sessions: sessionmaker[Session], analyze: Analyze = default_analyze
+    ) -> None:
+        self.config = config
+        self.sessions = sessions
+        self.analyze = analyze
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """Start ``config.workers`` threads polling the queue every ``config.poll_interval_s``."""
+        self._stop.clear()
+        for index in range(max(self.config.workers, 1)):
+            thread = threading.Thread(target=self._loop, name=f"ctriage-worker-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Ask the threads to stop after their current job and wait for them."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout_s)
+        self._threads.clear()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = self.run_once()
+            except Exception:  # the database was unavailable; keep the worker alive
+                log.exception("worker loop error")
+                busy = False
+            if not busy:
+                self._stop.wait(self.config.poll_interval_s)
+
+    def run_once(self) -> bool:
+        """Queue quiet studies, then analyse the next queued one; False when there was nothing to do."""
+        promote_quiet(self.sessions, self.config.quiet_period_s)
+        study = claim_next(self.sessions)
+        if study is None:
+            return False
+        self.process(study)
+        return True
+
+    def _set(self, study_id: int, **values: Any) -> None:
+        with self.sessions.begin() as session:
+            study = session.get(Study, study_id)
+            for key, value in values.items():
+                setattr(study, key, value)
+
+    def process(self, study: Study) -> None:
+        """Analyse one claimed study and record the outcome (done, failed with reason, or receiving again)."""
+        outdir = self.config.results_dir / str(study.id)
+        log.info("analysing study %s (%s)", study.id, study.study_uid)
+        try:
+            outdir.mkdir(parents=True, exist_ok=True)
+            result = self.analyze(
+                Path(study.path), progress=lambda stage: self._set(study.id, progress=stage)
+            )
+            report = self._save(result, outdir)
+        except InputError as exc:
+            self._fail(study.id, str(exc))
+            return
+        except Exception as exc:  # a bug or resource problem: keep the reason, keep the files, allow retry
+            log.error("analysis of study %s crashed:\n%s", study.id, traceback.format_exc())
+            self._fail(study.id, f"internal error: {type(exc).__name__}: {exc}")
+            return
+        self._finish(study.id, report, outdir)
+        if self.config.destination is not None:
+            self.send_results(study.id)
+
+    def _save(self, result: Any, outdir: Path) -> dict[str, Any]:
+        """Write report files, viewer arrays and (for DICOM input) SEG / SR / SC; returns the report dict."""
+        from ctriage.report import write_outputs
+        from ctriage.report.dicom_out import build_dicom_outputs, write_dicom_outputs
+
+        outputs = write_outputs(result, outdir)
+        save_viewer_arrays(result, outdir)
+        slice_files = getattr(result.volume, "slice_files", None)
+        if slice_files:
+            summary = _summary_rgb(outputs) if self.config.send_secondary_capture else None
+            write_dicom_outputs(build_dicom_outputs(result, slice_files, summary), outdir / "dicom")
+        return result.to_dict()
+
+    def _fail(self, study_id: int, reason: str) -> None:
+        log.warning("study %s failed: %s", study_id, reason)
+        self._set(study_id, status=FAILED, error=reason, progress="", finished_at=utcnow())
+
+    def _finish(self, study_id: int, report: dict[str, Any], outdir: Path) -> None:
+        """Store the result; a study that received new instances while running is analysed again later."""
+        severity = report.get("severity") or {}
+        identification = report.get("identification") or {}
+        with self.sessions.begin() as session:
+            study = session.get(Study, study_id)
+            grew = study.started_at is not None and as_utc(study.last_instance_at) > as_utc(study.started_at)
+            study.status = RECEIVING if grew else DONE
+            study.progress = ""
+            study.finished_at = utcnow()
+            study.result_dir = str(outdir)
+            study.report = report
+            study.probability = identification.get("probability")
+            study.ct_category = severity.get("ct_category")
+            study.max_ratio = severity.get("max_ratio")
+
+    def send_results(self, study_id: int) -> str:
+        """C-STORE the study's SEG / SR / SC to the configured destination; records, returns the outcome."""
+        import pydicom
+
+        with self.sessions() as session:
+            study = session.get(Study, study_id)
+            folder = Path(study.result_dir) / "dicom" if study and study.result_dir else None
+        files = sorted(folder.glob("*.dcm")) if folder and folder.is_dir() else []
+        if self.config.destination is None:
+            outcome = "failed: no destination configured"
+        elif not files:
+            outcome = "failed: no DICOM results (the study was not single-frame DICOM, or is not analysed)"
+        else:
+            try:
+                pacs.send_datasets(self.config, self.config.destination, [pydicom.dcmread(f) for f in files])
+                outcome = (
+                    f"sent {len(files)} objects to {self.config.destination} at {utcnow():%Y-%m-%d %H:%M:%S}Z"
+                )
+            except (pacs.DicomNetworkError, OSError) as exc:
+                outcome = f"failed: {exc}"
+        self._set(study_id, send_status=outcome)
+        return outcome

@@ -1,0 +1,178 @@
+"""ctriage as a DICOM client: C-FIND new CT studies, retrieve them (C-MOVE or C-GET), C-STORE results."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, build_role, evt
+from pynetdicom.association import Association
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+from sqlalchemy import select
+
+from ctriage.service.config import DicomNode, ServiceConfig
+from ctriage.service.db import Study
+from ctriage.service.scp import handle_store
+from ctriage.service.store import StudyStore
+
+log = logging.getLogger(__name__)
+
+PENDING = (0xFF00, 0xFF01)
+RETRIEVE_OK = (0x0000, 0xB000)  # success, or warning (e.g. a non-CT instance of the study was not wanted)
+
+
+class DicomNetworkError(RuntimeError):
+    """A peer could not be reached or refused an operation; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class FoundStudy:
+    """One C-FIND match at STUDY level."""
+
+    study_uid: str
+    patient_id: str
+    study_date: str
+    description: str
+
+
+def _associate(ae: AE, node: DicomNode, **kwargs: object) -> Association:
+    assoc = ae.associate(node.host, node.port, ae_title=node.ae_title, **kwargs)
+    if not assoc.is_established:
+        raise DicomNetworkError(f"cannot open an association with {node}")
+    return assoc
+
+
+def find_ct_studies(config: ServiceConfig, since: date) -> list[FoundStudy]:
+    """C-FIND (study root, STUDY level) the PACS for CT studies dated ``since`` or later."""
+    if config.pacs is None:
+        raise DicomNetworkError("no PACS configured (setting 'pacs')")
+    ae = AE(ae_title=config.ae_title)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = ""
+    query.StudyDate = f"{since:%Y%m%d}-"
+    query.ModalitiesInStudy = "CT"
+    query.PatientID = ""
+    query.StudyDescription = ""
+    assoc = _associate(ae, config.pacs)
+    found: list[FoundStudy] = []
+    try:
+        for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+            if status is None or "Status" not in status:
+                raise DicomNetworkError(f"C-FIND to {config.pacs}: no response")
+            if status.Status in PENDING and identifier is not None and identifier.get("StudyInstanceUID"):
+                found.append(
+                    FoundStudy(
+                        str(identifier.StudyInstanceUID),
+                        str(identifier.get("PatientID", "")),
+                        str(identifier.get("StudyDate", "")),
+                        str(identifier.get("StudyDescription", "")),
+                    )
+                )
+            elif status.Status not in PENDING and status.Status != 0x0000:
+                raise DicomNetworkError(f"C-FIND to {config.pacs} failed with status 0x{status.Status:04X}")
+    finally:
+        assoc.release()
+    return found
+
+
+def _study_identifier(study_uid: str) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.StudyInstanceUID = study_uid
+    return ds
+
+
+def _check_retrieve(responses: object, what: str) -> None:
+    """Consume C-MOVE / C-GET responses; raise unless the final status is success or warning."""
+    final = None
+    for status, _identifier in responses:  # type: ignore[attr-defined]
+        if status is None or "Status" not in status:
+            raise DicomNetworkError(f"{what}: no response")
+        if status.Status not in PENDING:
+            final = status
+    if final is None or final.Status not in RETRIEVE_OK:
+        code = "none" if final is None else f"0x{final.Status:04X}"
+        raise DicomNetworkError(f"{what} failed with status {code}")
+
+
+def retrieve_study(config: ServiceConfig, store: StudyStore, study_uid: str) -> None:
+    """Fetch one study from the PACS: C-MOVE to our own listener, or C-GET on the same association."""
+    if config.pacs is None:
+        raise DicomNetworkError("no PACS configured (setting 'pacs')")
+    ae = AE(ae_title=config.ae_title)
+    if config.retrieve_method == "move":
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        assoc = _associate(ae, config.pacs)
+        try:
+            _check_retrieve(
+                assoc.send_c_move(
+                    _study_identifier(study_uid), config.ae_title, StudyRootQueryRetrieveInformationModelMove
+                ),
+                f"C-MOVE of {study_uid} from {config.pacs} to {config.ae_title}",
+            )
+        finally:
+            assoc.release()
+    else:
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+        storage = (CTImageStorage, EnhancedCTImageStorage)
+        for sop_class in storage:
+            ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        assoc = _associate(
+            ae,
+            config.pacs,
+            ext_neg=[build_role(c, scp_role=True) for c in storage],
+            evt_handlers=[(evt.EVT_C_STORE, handle_store, [store, "pull"])],
+        )
+        try:
+            _check_retrieve(
+                assoc.send_c_get(_study_identifier(study_uid), StudyRootQueryRetrieveInformationModelGet),
+                f"C-GET of {study_uid} from {config.pacs}",
+            )
+        finally:
+            assoc.release()
+    store.queue_now(study_uid, source="pull")
+
+
+def pull_new_studies(config: ServiceConfig, store: StudyStore, today: date | None = None) -> list[str]:
+    """Query the PACS for recent CT studies ctriage has not seen and retrieve each; returns their UIDs."""
+    since = (today or date.today()) - timedelta(days=max(config.pull_days - 1, 0))
+    with store.sessions() as session:
+        known = set(session.scalars(select(Study.study_uid)))
+    fetched = []
+    for study in find_ct_studies(config, since):
+        if study.study_uid in known:
+            continue
+        log.info("retrieving study %s (patient %s, %s)", study.study_uid, study.patient_id, study.study_date)
+        retrieve_study(config, store, study.study_uid)
+        fetched.append(study.study_uid)
+    return fetched
+
+
+def send_datasets(config: ServiceConfig, node: DicomNode, datasets: list[Dataset]) -> None:
+    """C-STORE ``datasets`` to ``node`` on one association; raise DicomNetworkError unless all succeed."""
+    ae = AE(ae_title=config.ae_title)
+    for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
+        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    assoc = _associate(ae, node)
+    try:
+        for ds in datasets:
+            status = assoc.send_c_store(ds)
+            if status is None or "Status" not in status:
+                raise DicomNetworkError(f"C-STORE to {node}: no response")
+            if status.Status not in (0x0000, 0xB000, 0xB007, 0xB006):
+                raise DicomNetworkError(
+                    f"C-STORE of {ds.SOPClassUID.name} to {node}: status 0x{status.Status:04X}"
+                )
+    finally:
+        assoc.release()

@@ -1,0 +1,79 @@
+"""The running service: database, study store, DICOM listener, workers and the optional periodic PACS pull."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.orm import Session, sessionmaker
+
+from ctriage.service import pacs
+from ctriage.service.config import ServiceConfig
+from ctriage.service.db import open_db, recover_interrupted
+from ctriage.service.jobs import Analyze, Worker, default_analyze
+from ctriage.service.scp import start_listener
+from ctriage.service.store import StudyStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Service:
+    """Everything ``ctriage serve`` runs besides the HTTP server, which gets this object."""
+
+    config: ServiceConfig
+    sessions: sessionmaker[Session]
+    store: StudyStore
+    worker: Worker
+    listener: ThreadedAssociationServer | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _puller: threading.Thread | None = None
+
+    @classmethod
+    def create(cls, config: ServiceConfig, analyze: Analyze = default_analyze) -> Service:
+        """Open (or create) the data folder and database; nothing is started yet."""
+        config.studies_dir.mkdir(parents=True, exist_ok=True)
+        config.results_dir.mkdir(parents=True, exist_ok=True)
+        sessions = open_db(config.db_url)
+        return cls(
+            config, sessions, StudyStore(config.studies_dir, sessions), Worker(config, sessions, analyze)
+        )
+
+    def start(self, listen: bool = True, work: bool = True, periodic_pull: bool = True) -> None:
+        """Requeue interrupted jobs, then start the listener, the workers and the periodic pull (if set)."""
+        requeued = recover_interrupted(self.sessions)
+        if requeued:
+            log.info("requeued %d job(s) interrupted by the last shutdown", requeued)
+        if listen:
+            self.listener = start_listener(self.config, self.store)
+        if work:
+            self.worker.start()
+        if periodic_pull and self.config.pacs is not None and self.config.pull_interval_s > 0:
+            self._puller = threading.Thread(target=self._pull_loop, name="ctriage-pull", daemon=True)
+            self._puller.start()
+
+    def stop(self) -> None:
+        """Stop accepting associations, let running jobs finish their current step, stop pulling."""
+        self._stop.set()
+        if self.listener is not None:
+            self.listener.shutdown()
+            self.listener = None
+        self.worker.stop()
+        if self._puller is not None:
+            self._puller.join(timeout=30)
+
+    def pull(self) -> list[str]:
+        """One C-FIND + retrieve round against the configured PACS; returns the retrieved study UIDs."""
+        return pacs.pull_new_studies(self.config, self.store)
+
+    def _pull_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                fetched = self.pull()
+                if fetched:
+                    log.info("pulled %d new study(ies) from %s", len(fetched), self.config.pacs)
+            except (pacs.DicomNetworkError, OSError) as exc:
+                log.warning("pull from %s failed: %s", self.config.pacs, exc)
+            self._stop.wait(self.config.pull_interval_s)

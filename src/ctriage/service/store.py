@@ -1,0 +1,132 @@
+"""Received instances on disk, one folder per study, and the study rows that track them.
+
+An instance is written (and fsync'ed) before its study row is updated, and both happen before the C-STORE is
+acknowledged, so a study the sender saw as stored survives a crash. Nothing here ever deletes a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+import uuid
+from pathlib import Path
+
+import pydicom
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from ctriage.service.db import DONE, FAILED, QUEUED, RECEIVING, Study, utcnow
+
+_UID = re.compile(r"^[0-9][0-9.]{0,63}$")
+
+
+def safe_name(uid: str) -> str:
+    """A file-system-safe name for a DICOM UID (UIDs are digits and dots; anything else is hashed)."""
+    uid = uid.strip().rstrip("\x00")
+    return uid if _UID.match(uid) else "x" + hashlib.sha1(uid.encode()).hexdigest()
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file, fsync'ed and renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class StudyStore:
+    """Files of received studies under ``studies_dir`` and their rows in the job database."""
+
+    def __init__(self, studies_dir: Path, sessions: sessionmaker[Session]) -> None:
+        self.studies_dir = Path(studies_dir)
+        self.sessions = sessions
+        self._lock = threading.Lock()  # two associations may start the same new study at once
+
+    def add_instance(self, data: bytes, header: pydicom.Dataset, calling_ae: str, source: str) -> Path:
+        """Store one encoded DICOM file (``data``, with ``header`` its parsed dataset); returns its path."""
+        study_uid = str(getattr(header, "StudyInstanceUID", "") or "")
+        if not study_uid:
+            raise ValueError("instance without StudyInstanceUID")
+        folder = self.studies_dir / safe_name(study_uid)
+        path = (
+            folder
+            / safe_name(str(header.get("SeriesInstanceUID", "") or "unknown"))
+            / (safe_name(str(header.get("SOPInstanceUID", "") or uuid.uuid4().hex)) + ".dcm")
+        )
+        is_new = not path.exists()
+        write_durably(path, data)
+        self._record(study_uid, folder, header, calling_ae, source, is_new)
+        return path
+
+    def _record(
+        self,
+        study_uid: str,
+        folder: Path,
+        header: pydicom.Dataset,
+        calling_ae: str,
+        source: str,
+        is_new: bool,
+    ) -> None:
+        """Create or update the study row for a stored instance; new instances restart the quiet period."""
+        with self._lock, self.sessions.begin() as session:
+            study = session.scalars(select(Study).where(Study.study_uid == study_uid)).first()
+            if study is None:
+                study = Study(
+                    study_uid=study_uid,
+                    source=source,
+                    calling_ae=calling_ae,
+                    path=str(folder),
+                    **header_fields(header),
+                )
+                session.add(study)
+            if not is_new:
+                return
+            study.n_instances = (study.n_instances or 0) + 1
+            study.last_instance_at = utcnow()
+            if study.status in (DONE, FAILED, QUEUED):
+                study.status = RECEIVING
+
+    def add_nifti(self, data: bytes, filename: str) -> Study:
+        """Store an uploaded NIfTI file as its own study, queued at once."""
+        key = uuid.uuid4().hex
+        suffix = ".nii.gz" if filename.lower().endswith(".nii.gz") else ".nii"
+        path = self.studies_dir / f"upload-{key}" / f"volume{suffix}"
+        write_durably(path, data)
+        with self.sessions.begin() as session:
+            study = Study(
+                study_uid=f"upload-{key}",
+                source="upload",
+                path=str(path),
+                status=QUEUED,
+                study_description=Path(filename).name,
+                n_instances=1,
+            )
+            session.add(study)
+        return study
+
+    def queue_now(self, study_uid: str, source: str | None = None) -> None:
+        """Skip the quiet period of a study known to be complete (HTTP upload, finished C-MOVE / C-GET)."""
+        with self.sessions.begin() as session:
+            study = session.scalars(select(Study).where(Study.study_uid == study_uid)).first()
+            if study is None:
+                return
+            if source:
+                study.source = source
+            if study.status == RECEIVING:
+                study.status = QUEUED
+
+
+def header_fields(ds: pydicom.Dataset) -> dict[str, str]:
+    """Worklist columns taken from a DICOM header."""
+    return {
+        "patient_id": str(ds.get("PatientID", "") or "")[:64],
+        "patient_name": str(ds.get("PatientName", "") or "")[:128],
+        "accession_number": str(ds.get("AccessionNumber", "") or "")[:64],
+        "study_date": str(ds.get("StudyDate", "") or "")[:16],
+        "study_description": str(ds.get("StudyDescription", "") or "")[:128],
+    }

@@ -1,0 +1,130 @@
+"use strict";
+// Study page: slice viewer over server-rendered PNGs, report figures, confirm / reject with comment.
+const $ = (id) => document.getElementById(id);
+const studyId = new URLSearchParams(window.location.search).get("id");
+const state = { index: 0, count: 0, window: "lung" };
+
+function text(value) {
+  const span = document.createElement("span");
+  span.textContent = value ?? "";
+  return span.innerHTML;
+}
+
+function sliceUrl() {
+  const overlay = $("overlay").checked ? 1 : 0;
+  const lungs = $("lungs").checked ? 1 : 0;
+  return `/api/studies/${studyId}/slices/${state.index}.png?window=${state.window}&overlay=${overlay}&lungs=${lungs}`;
+}
+
+function show(index) {
+  state.index = Math.max(0, Math.min(state.count - 1, index));
+  $("slider").value = state.index;
+  $("slice-index").textContent = state.index + 1;
+  $("slice").src = sliceUrl();
+}
+
+function numberRows(object) {
+  return Object.entries(object || {})
+    .filter(([, v]) => typeof v !== "object")
+    .map(([k, v]) => `<tr><td>${text(k)}</td><td>${typeof v === "number" ? +v.toFixed(3) : text(String(v))}</td></tr>`)
+    .join("");
+}
+
+function renderReport(report) {
+  const severity = report.severity || {};
+  const ident = report.identification || {};
+  $("summary").innerHTML = numberRows({
+    "COVID-19 probability": ident.probability, "threshold": ident.threshold,
+    "identified": ident.positive === undefined ? undefined : (ident.positive ? "positive" : "negative"),
+    "CT category": severity.ct_category === undefined ? undefined : "CT-" + severity.ct_category,
+    ...Object.fromEntries(Object.entries(severity).filter(([k]) => !["left", "right", "ct_category"].includes(k))),
+  });
+  const left = severity.left || {};
+  const right = severity.right || {};
+  const keys = [...new Set([...Object.keys(right), ...Object.keys(left)])].filter((k) => typeof (right[k] ?? left[k]) !== "object");
+  const cell = (v) => (typeof v === "number" ? +v.toFixed(3) : text(v));
+  $("lungs-table").innerHTML = "<tr><th></th><th>right</th><th>left</th></tr>" +
+    keys.map((k) => `<tr><td>${text(k)}</td><td>${cell(right[k])}</td><td>${cell(left[k])}</td></tr>`).join("");
+}
+
+function renderReviews(reviews) {
+  $("reviews").innerHTML = reviews.map((r) =>
+    `<li><b>${text(r.decision)}</b> by ${text(r.user)} at ${new Date(r.created_at).toLocaleString()}: ${text(r.comment)}</li>`,
+  ).join("");
+}
+
+async function load() {
+  const response = await fetch(`/api/studies/${studyId}`);
+  if (!response.ok) { $("title").textContent = "No such study"; return null; }
+  const study = await response.json();
+  $("title").textContent = `${study.patient_name || ""} ${study.patient_id || ""} ${study.study_date || ""}`;
+  $("status").textContent = study.status + (study.progress ? `: ${study.progress}` : "");
+  $("status").className = "status-" + study.status;
+  $("failure").hidden = study.status !== "failed";
+  $("error").textContent = study.error;
+  $("send-status").textContent = study.send_status || "not sent";
+  if (study.status === "done" && $("viewer").hidden) {
+    $("viewer").hidden = false;
+    state.count = study.n_slices;
+    $("slider").max = state.count - 1;
+    $("slice-count").textContent = state.count;
+    if (study.files.includes("projection.png")) $("projection").src = `/api/studies/${studyId}/files/projection.png`;
+    renderReport(study.report || {});
+    show(Math.floor(state.count / 2));
+  }
+  renderReviews(study.reviews);
+  return study;
+}
+
+async function review(decision) {
+  localStorage.setItem("ctriage-user", $("user").value);
+  const response = await fetch(`/api/studies/${studyId}/review`, {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ decision, comment: $("comment").value, user: $("user").value }),
+  });
+  const body = await response.json();
+  $("review-message").textContent = response.ok ? `${body.decision} saved` : body.detail;
+  await load();
+}
+
+async function post(path) {
+  const response = await fetch(`/api/studies/${studyId}/${path}`, { method: "POST" });
+  if (!response.ok) alert((await response.json()).detail);
+  await load();
+}
+
+async function init() {
+  const health = await (await fetch("/api/health")).json();
+  $("windows").innerHTML = health.windows.map(
+    (w) => `<button data-window="${w}" class="${w === state.window ? "active" : ""}">${w}</button>`).join("");
+  for (const button of document.querySelectorAll("#windows button")) {
+    button.addEventListener("click", () => {
+      state.window = button.dataset.window;
+      for (const b of document.querySelectorAll("#windows button")) b.classList.toggle("active", b === button);
+      show(state.index);
+    });
+  }
+  $("user").value = localStorage.getItem("ctriage-user") || "";
+  $("slice").addEventListener("wheel", (event) => { event.preventDefault(); show(state.index + Math.sign(event.deltaY)); });
+  $("slice").addEventListener("keydown", (event) => {
+    if (event.key === "ArrowUp") show(state.index - 1);
+    if (event.key === "ArrowDown") show(state.index + 1);
+  });
+  $("slider").addEventListener("input", () => show(Number($("slider").value)));
+  $("overlay").addEventListener("change", () => show(state.index));
+  $("lungs").addEventListener("change", () => show(state.index));
+  $("confirm").addEventListener("click", () => review("confirmed"));
+  $("reject").addEventListener("click", () => review("rejected"));
+  $("retry").addEventListener("click", () => post("retry"));
+  $("reanalyse").addEventListener("click", () => post("retry"));
+  $("send").addEventListener("click", () => post("send"));
+  const study = await load();
+  if (study && study.status !== "done" && study.status !== "failed") {
+    const timer = setInterval(async () => {
+      const s = await load();
+      if (!s || s.status === "done" || s.status === "failed") clearInterval(timer);
+    }, 3000);
+  }
+}
+
+init();

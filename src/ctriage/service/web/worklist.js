@@ -1,0 +1,69 @@
+"use strict";
+// Worklist page: filters map onto GET /api/studies query parameters; the server orders by triage policy.
+const $ = (id) => document.getElementById(id);
+const REFRESH_MS = 5000;
+
+function fmt(value, digits) {
+  return value === null || value === undefined ? "" : Number(value).toFixed(digits);
+}
+
+function text(value) {
+  const span = document.createElement("span");
+  span.textContent = value ?? "";
+  return span.innerHTML;
+}
+
+function query() {
+  const params = new URLSearchParams();
+  if ($("policy").value) params.set("policy", $("policy").value);
+  if ($("status").value) params.append("status", $("status").value);
+  if ($("positive").value) params.set("positive", $("positive").value);
+  if ($("min-category").value) params.set("min_category", $("min-category").value);
+  if ($("search").value.trim()) params.set("q", $("search").value.trim());
+  return params.toString();
+}
+
+function row(study, rank) {
+  const ident = study.probability === null ? "" : fmt(study.probability, 2);
+  const review = study.review ? `${study.review.decision} (${text(study.review.user)})` : "";
+  const status = study.status + (study.progress ? `: ${study.progress}` : "") + (study.error ? " \u26a0" : "");
+  return `<tr class="row" data-id="${study.id}" title="${text(study.error)}">
+    <td>${rank}</td><td>${text(study.patient_name)} ${text(study.patient_id)}</td><td>${text(study.study_date)}</td>
+    <td>${text(study.accession_number)}</td><td class="status-${study.status}">${text(status)}</td>
+    <td class="${study.probability >= 0.5 ? "pos" : ""}">${ident}</td>
+    <td class="cat${study.ct_category ?? ""}">${study.ct_category === null ? "" : "CT-" + study.ct_category}</td>
+    <td>${fmt(study.max_ratio, 3)}</td><td>${new Date(study.received_at).toLocaleString()}</td><td>${review}</td></tr>`;
+}
+
+async function refresh() {
+  const response = await fetch("/api/studies?" + query());
+  if (!response.ok) return;
+  const studies = await response.json();
+  $("worklist").innerHTML = studies.map((s, i) => row(s, i + 1)).join("");
+  for (const tr of document.querySelectorAll("tr.row")) {
+    tr.addEventListener("click", () => { window.location = "study.html?id=" + tr.dataset.id; });
+  }
+  $("updated").textContent = "updated " + new Date().toLocaleTimeString();
+}
+
+async function init() {
+  const health = await (await fetch("/api/health")).json();
+  $("node").textContent = `AE ${health.ae_title} port ${health.dicom_port}`;
+  $("policy").innerHTML = health.policies.map(
+    (p) => `<option ${p === health.policy ? "selected" : ""}>${p}</option>`).join("");
+  for (const id of ["policy", "status", "positive", "min-category"]) $(id).addEventListener("change", refresh);
+  $("search").addEventListener("input", refresh);
+  $("upload-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const form = new FormData();
+    for (const f of [...$("upload-files").files, ...$("upload-nifti").files]) form.append("files", f, f.name);
+    const response = await fetch("/api/upload", { method: "POST", body: form });
+    const body = await response.json();
+    $("upload-result").textContent = response.ok ? `queued study ${body.study_ids.join(", ")}` : body.detail;
+    refresh();
+  });
+  await refresh();
+  setInterval(() => { if ($("auto-refresh").checked) refresh(); }, REFRESH_MS);
+}
+
+init();
