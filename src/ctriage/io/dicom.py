@@ -209,7 +209,9 @@ def _load_single_frame_series(members: list[_Header], source: Path, workers: int
     # array axes (slice, row, column): along a row index we move down a column, i.e. along IOP[3:6]
     affine = affine_from_lps(origin, np.stack([normal, orientation[1], orientation[0]]), (slice_gap, row_mm, col_mm))
     hu, affine, spacing = to_canonical(stack, affine)
-    return CTVolume(hu=hu, spacing_mm=spacing, affine=affine, meta=_meta(first, source))
+    # canonical z runs head to feet: the stack (ascending along the normal) is reversed when the normal points up
+    slice_files = [h.path for h in (members[::-1] if normal[2] > 0 else members)]
+    return CTVolume(hu=hu, spacing_mm=spacing, affine=affine, meta=_meta(first, source), slice_files=slice_files)
 
 
 def _load_multiframe(header: _Header, source: Path) -> CTVolume:

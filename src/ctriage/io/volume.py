@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -37,12 +38,14 @@ class CTVolume:
     ``hu`` is int16 indexed (z, y, x): z runs from head to feet (superior -> inferior), y from anterior to
     posterior, x from the patient's right to left, so an axial slice ``hu[k]`` shows the usual radiological view.
     ``spacing_mm`` is (z, y, x) in mm. ``affine`` maps (z, y, x) voxel indices to patient LPS coordinates in mm.
+    ``slice_files`` names the DICOM file of each z slice when the source was a single-frame DICOM series.
     """
 
     hu: np.ndarray
     spacing_mm: tuple[float, float, float]
     affine: np.ndarray
     meta: StudyMeta = field(default_factory=StudyMeta)
+    slice_files: list[Path] | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -1,0 +1,43 @@
+"""Study outputs: report.json, NIfTI masks, overlay PNGs, severity projection (DICOM SEG/SR in dicom_out)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ctriage.io.nifti import save_nifti
+from ctriage.report.images import most_affected_slices, render_slice, severity_projection
+
+if TYPE_CHECKING:
+    from ctriage.pipeline import StudyResult
+
+
+def write_outputs(result: StudyResult, outdir: Path) -> dict[str, Path]:
+    """Write report.json, lungs.nii.gz (1 right, 2 left), lesions.nii.gz (1 GGO, 2 consolidation),
+    overlay_<slice>.png for the most affected slices and projection.png into ``outdir``."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    volume = result.volume
+    lung_labels = result.lung_left.astype("uint8") * 2 + result.lung_right.astype("uint8")
+    paths = {
+        "lungs": save_nifti(lung_labels, volume.affine, outdir / "lungs.nii.gz"),
+        "lesions": save_nifti(result.lesion_mask, volume.affine, outdir / "lesions.nii.gz"),
+    }
+    lung = result.lung_left | result.lung_right
+    overlays = []
+    for k in most_affected_slices(result.lesion_mask):
+        image = render_slice(volume.hu[k], result.lesion_mask[k], lung2d=lung[k])
+        path = outdir / f"overlay_{k:04d}.png"
+        image.save(path)
+        overlays.append(path.name)
+        paths[f"overlay_{k:04d}"] = path
+    projection = severity_projection(volume.hu, lung, result.lesion_mask, volume.spacing_mm)
+    paths["projection"] = outdir / "projection.png"
+    projection.save(paths["projection"])
+    report = result.to_dict()
+    report["files"] = {"lungs": "lungs.nii.gz", "lesions": "lesions.nii.gz", "overlays": overlays,
+                       "projection": "projection.png"}
+    paths["report"] = outdir / "report.json"
+    paths["report"].write_text(json.dumps(report, indent=2, default=float))
+    return paths

@@ -1,0 +1,98 @@
+"""The `ctriage` command line: a thin shell over the pipeline, report, triage, evaluation and service."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ctriage import __version__
+from ctriage.evaluate.cli import app as evaluate_app
+from ctriage.io import InputError, find_studies
+from ctriage.train.cli import app as train_app
+
+app = typer.Typer(help="ctriage: chest CT triage for COVID-19 pneumonia.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+app.add_typer(train_app, name="train")
+app.add_typer(evaluate_app, name="evaluate")
+for module, name in (("ctriage.triage_cli", None), ("ctriage.service.cli", None)):
+    try:  # edge commands that are optional in a minimal install
+        app.add_typer(importlib.import_module(module).app, name=name)
+    except (ImportError, AttributeError):
+        pass
+
+console = Console(stderr=True)
+EXIT_BAD_INPUT = 2
+STAGES = ("load", "lungs", "lesions", "identification", "severity", "report")
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(EXIT_BAD_INPUT)
+
+
+@app.command()
+def version() -> None:
+    """Print the software version."""
+    typer.echo(__version__)
+
+
+@app.command()
+def analyze(
+    path: Annotated[Path, typer.Argument(help="DICOM series folder, DICOM file, NIfTI file, or a folder of studies")],
+    outdir: Annotated[Path, typer.Option("-o", "--outdir", help="Where the outputs go (one subfolder per study)")],
+    lesion_mask: Annotated[
+        Path | None, typer.Option(help="NIfTI lesion mask (0 bg, 1 GGO, 2 consolidation) instead of the model")
+    ] = None,
+) -> None:
+    """Analyse chest CT studies: lungs, lesions, COVID-19 probability, severity; write report.json and pictures."""
+    from ctriage.pipeline import analyze_study
+    from ctriage.report import write_outputs
+
+    try:
+        studies = find_studies(path)
+    except InputError as exc:
+        raise _fail(str(exc)) from None
+    if lesion_mask is not None and len(studies) > 1:
+        raise _fail("--lesion-mask applies to a single study, but the input holds several")
+    if lesion_mask is not None and not lesion_mask.exists():
+        raise _fail(f"{lesion_mask}: no such lesion mask file")
+    failures = 0
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[stage]}"),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        for study in studies:
+            task = progress.add_task(study.label, total=len(STAGES), stage="")
+
+            def advance(stage: str, task=task) -> None:
+                progress.update(task, stage=stage, completed=STAGES.index(stage))
+
+            target = outdir if len(studies) == 1 else outdir / _safe_name(study.label)
+            try:
+                result = analyze_study(study, lesion_mask=lesion_mask, progress=advance)
+                advance("report")
+                write_outputs(result, target)
+            except InputError as exc:
+                failures += 1
+                progress.update(task, stage="[red]failed")
+                console.print(f"[bold red]error:[/] {exc}")
+                continue
+            progress.update(task, stage="done", completed=len(STAGES))
+            severity = result.severity
+            summary = f"CT-{severity.ct_category}  worse lung {100 * severity.max_ratio:.1f} %"
+            if result.identification is not None:
+                summary += f"  COVID-19 p={result.identification.probability:.2f}"
+            console.print(f"{study.label}: {summary}  -> {target / 'report.json'}")
+    if failures:
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _safe_name(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label).strip("_") or "study"
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,140 @@
+"""The analysis pipeline: CT volume -> lungs -> lesions -> identification -> severity, timed per stage."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctriage import __version__
+from ctriage.io import CTVolume, StudySource, find_studies, load_study
+from ctriage.io.nifti import mask_to_canonical
+from ctriage.lungs import dense_lung_region, include_lesions, segment_lungs
+from ctriage.severity import Severity, quantify
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class StudyResult:
+    """Everything ctriage knows about one study; ``to_dict`` is the content of report.json."""
+
+    volume: CTVolume
+    lung_left: np.ndarray
+    lung_right: np.ndarray
+    lesion_mask: np.ndarray
+    severity: Severity
+    identification: Any | None = None
+    lesion_source: str = ""
+    models: dict[str, str] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        volume = self.volume
+        identification = self.identification.to_dict() if self.identification is not None else None
+        return {
+            "software": {"name": "ctriage", "version": __version__},
+            "models": self.models,
+            "study": volume.meta.to_dict(),
+            "input": {
+                "shape_zyx": list(volume.shape),
+                "spacing_mm_zyx": [round(float(s), 4) for s in volume.spacing_mm],
+                "slices": int(volume.shape[0]),
+                "orientation": "z head->feet, y anterior->posterior, x patient right->left",
+            },
+            "lesion_source": self.lesion_source,
+            "severity": self.severity.to_dict(),
+            "identification": identification,
+            "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
+        }
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str, progress: Progress | None) -> Iterator[None]:
+    if progress is not None:
+        progress(stage)
+    start = time.perf_counter()
+    yield
+    timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+def analyze_volume(
+    volume: CTVolume,
+    lesion_labels: np.ndarray | None = None,
+    progress: Progress | None = None,
+    timings: dict[str, float] | None = None,
+) -> StudyResult:
+    """Analyse a loaded CT. ``lesion_labels`` (0 bg, 1 GGO, 2 consolidation) replaces the lesion model."""
+    timings = {} if timings is None else timings
+    models: dict[str, str] = {}
+    with _timed(timings, "lungs", progress):
+        lungs = segment_lungs(volume.hu, volume.spacing_mm)
+    slice_probability = None
+    with _timed(timings, "lesions", progress):
+        if lesion_labels is None:
+            from ctriage.lesions import segment_lesions
+
+            region = dense_lung_region(lungs, volume.hu)
+            lesions = segment_lesions(volume.hu, lungs.combined | region.left | region.right, volume.spacing_mm)
+            lesion_labels, slice_probability = lesions.mask, lesions.slice_probability
+            models["lesions"] = lesions.model_version
+            source = f"model {lesions.model_version}"
+        else:
+            region = dense_lung_region(lungs, volume.hu)
+            source = "given mask"
+        lungs = include_lesions(lungs, lesion_labels, region)
+        lesion_labels = np.where(lungs.combined, lesion_labels, 0).astype(np.uint8)
+    identification = None
+    with _timed(timings, "identification", progress):
+        identification = _identify(lesion_labels, lungs.left, lungs.right, volume.spacing_mm, slice_probability)
+        if identification is not None:
+            models["identification"] = identification.model_version
+    with _timed(timings, "severity", progress):
+        severity = quantify(lungs.left, lungs.right, lesion_labels, volume.spacing_mm)
+    return StudyResult(
+        volume=volume,
+        lung_left=lungs.left,
+        lung_right=lungs.right,
+        lesion_mask=lesion_labels,
+        severity=severity,
+        identification=identification,
+        lesion_source=source,
+        models=models,
+        timings_s=timings,
+    )
+
+
+def _identify(lesion_labels, lung_left, lung_right, spacing_mm, slice_probability):
+    """COVID-19 identification when the identification model is installed, else None."""
+    from ctriage.identify import identify
+
+    try:
+        return identify(lesion_labels, lung_left, lung_right, spacing_mm, slice_probability=slice_probability)
+    except FileNotFoundError:
+        return None
+
+
+def analyze_study(
+    source: StudySource, lesion_mask: Path | None = None, progress: Progress | None = None
+) -> StudyResult:
+    """Load and analyse one study found by :func:`ctriage.io.find_studies`."""
+    timings: dict[str, float] = {}
+    with _timed(timings, "load", progress):
+        volume = load_study(source)
+    labels = mask_to_canonical(Path(lesion_mask), volume.shape) if lesion_mask is not None else None
+    return analyze_volume(volume, labels, progress=progress, timings=timings)
+
+
+def analyze_path(path: Path, lesion_mask: Path | None = None, progress: Progress | None = None) -> StudyResult:
+    """Analyse the single study at ``path`` (DICOM series folder, DICOM file or NIfTI)."""
+    studies = find_studies(path)
+    if len(studies) > 1:
+        from ctriage.io import InputError
+
+        raise InputError(f"{path}: holds {len(studies)} studies; analyse them one by one")
+    return analyze_study(studies[0], lesion_mask=lesion_mask, progress=progress)
