@@ -15,8 +15,9 @@ from ctriage.evaluate.cli import app as evaluate_app
 from ctriage.io import InputError, find_studies
 from ctriage.train.cli import app as train_app
 
-app = typer.Typer(help="ctriage: chest CT triage for COVID-19 pneumonia.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="ctriage: chest CT triage for COVID-19 pneumonia.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 app.add_typer(train_app, name="train")
 app.add_typer(evaluate_app, name="evaluate")
 for module, name in (("ctriage.triage_cli", None), ("ctriage.service.cli", None)):
@@ -25,7 +26,7 @@ for module, name in (("ctriage.triage_cli", None), ("ctriage.service.cli", None)
     except (ImportError, AttributeError):
         pass
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 EXIT_BAD_INPUT = 2
 STAGES = ("load", "lungs", "lesions", "identification", "severity", "report")
 
@@ -62,8 +63,14 @@ def analyze(
     if lesion_mask is not None and not lesion_mask.exists():
         raise _fail(f"{lesion_mask}: no such lesion mask file")
     failures = 0
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[stage]}"),
-                  TimeElapsedColumn(), console=console, transient=False) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[stage]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
         for study in studies:
             task = progress.add_task(study.label, total=len(STAGES), stage="")
 

@@ -20,6 +20,7 @@ from skimage.draw import polygon
 AIR_HU = -400.0  # lung parenchyma (about -850 HU) and airways are below this; soft tissue is above
 BODY_HU = -500.0
 DENSE_LUNG_MAX_HU = 200.0  # hull additions denser than this are bone, not lung
+HULL_MARGIN_MM = 10.0  # dense lung may reach this far beyond the aerated lung's convex hull
 WORK_PIXEL_MM = 2.0  # in-plane pixel size the mask is computed at
 AIRWAY_MAX_AREA_MM2 = 700.0  # a separate air region this small near the midline is trachea / main bronchus
 MIN_LUNG_ML = 20.0
@@ -199,7 +200,15 @@ def _slice_hull(section: np.ndarray) -> np.ndarray:
     return hull | section
 
 
-def _side_region(lung: np.ndarray, hu: np.ndarray, medial_is_high_x: bool) -> np.ndarray:
+@dataclass
+class DenseLungRegion:
+    """Where dense (non-aerated) lung may lie next to each aerated lung: bool (z, y, x) per side."""
+
+    left: np.ndarray
+    right: np.ndarray
+
+
+def _side_region(lung: np.ndarray, hu: np.ndarray, pixel_mm: tuple[float, float], medial_is_high_x: bool) -> np.ndarray:
     region = np.zeros_like(lung)
     ys, xs = np.mgrid[0 : lung.shape[1], 0 : lung.shape[2]]
     for k in np.flatnonzero(lung.any(axis=(1, 2))):
@@ -209,25 +218,27 @@ def _side_region(lung: np.ndarray, hu: np.ndarray, medial_is_high_x: bool) -> np
         cy, cx = ndimage.center_of_mass(section)
         medial = xs > cx if medial_is_high_x else xs < cx
         anterior = ys < cy + 0.1 * np.ptp(ys[section])
-        region[k] = _slice_hull(section) & ~section & (hu[k] < DENSE_LUNG_MAX_HU) & ~(medial & anterior)
+        hull_distance_mm = ndimage.distance_transform_edt(~_slice_hull(section), sampling=pixel_mm)
+        near_hull = hull_distance_mm <= HULL_MARGIN_MM
+        region[k] = near_hull & ~section & (hu[k] < DENSE_LUNG_MAX_HU) & ~(medial & anterior)
     return region
 
 
-@dataclass
-class DenseLungRegion:
-    """Where dense (non-aerated) lung may lie next to each aerated lung: bool (z, y, x) per side."""
-
-    left: np.ndarray
-    right: np.ndarray
-
-
 def dense_lung_region(lungs: LungMasks, hu: np.ndarray) -> DenseLungRegion:
-    """Per slice and lung: the convex hull of the aerated lung outside both masks, minus bone (> 200 HU)
-    and minus the anterior-medial quarter, where the hull would take in the heart and hilum."""
+    """Per slice and lung: the convex hull of the aerated lung grown by 10 mm, outside both masks, minus bone
+    (> 200 HU) and minus the anterior-medial quarter, where the hull would take in the heart and hilum."""
+    factor = _downsample_factor(lungs.spacing_mm)
+    small = _block_mean(hu, factor)
+    pixel_mm = (lungs.spacing_mm[1] * factor, lungs.spacing_mm[2] * factor)
+    grid = (slice(None), slice(factor // 2, None, factor), slice(factor // 2, None, factor))
+    left_small = lungs.left[grid][:, : small.shape[1], : small.shape[2]]
+    right_small = lungs.right[grid][:, : small.shape[1], : small.shape[2]]
+    left = _side_region(left_small, small, pixel_mm, medial_is_high_x=False)
+    right = _side_region(right_small, small, pixel_mm, medial_is_high_x=True) & ~left
     outside = ~lungs.combined
-    left = _side_region(lungs.left, hu, medial_is_high_x=False) & outside
-    right = _side_region(lungs.right, hu, medial_is_high_x=True) & outside & ~left
-    return DenseLungRegion(left=left, right=right)
+    return DenseLungRegion(
+        left=_upsample(left, factor, hu.shape) & outside, right=_upsample(right, factor, hu.shape) & outside
+    )
 
 
 def include_lesions(lungs: LungMasks, lesion_mask: np.ndarray, region: DenseLungRegion) -> LungMasks:

@@ -32,8 +32,9 @@ def resample(
     zoom = [s / t for s, t in zip(spacing_mm, target_spacing_mm, strict=True)]
     new_shape = [max(1, int(round(n * z))) for n, z in zip(volume.shape, zoom, strict=True)]
     factors = [ns / n for ns, n in zip(new_shape, volume.shape, strict=True)]
-    out = ndimage.zoom(volume, factors, order=order, prefilter=False, grid_mode=True, mode="grid-constant"
-                       if order == 0 else "nearest")
+    out = ndimage.zoom(
+        volume, factors, order=order, prefilter=False, grid_mode=True, mode="grid-constant" if order == 0 else "nearest"
+    )
     exact = tuple(s * n / ns for s, n, ns in zip(spacing_mm, volume.shape, new_shape, strict=True))
     return out, exact
 

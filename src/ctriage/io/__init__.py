@@ -66,20 +66,31 @@ def find_studies(path: Path | str) -> list[StudySource]:
     files = _files_under(path)
     if not files:
         raise EmptyInputError(f"{path}: the folder is empty")
-    studies = [StudySource(label=str(f.relative_to(path)), path=f, files=[f], kind="nifti") for f in files if is_nifti(f)]
+    studies = [
+        StudySource(label=str(f.relative_to(path)), path=f, files=[f], kind="nifti") for f in files if is_nifti(f)
+    ]
     by_study: dict[str, list[Path]] = defaultdict(list)
+    unreadable: list[Path] = []
     for f in files:
         if is_nifti(f):
             continue
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
-            key = str(getattr(ds, "StudyInstanceUID", "")) or str(f.parent)
-        except Exception:  # unreadable files are reported by the loader, with the study folder they sit in
-            key = str(f.parent)
-        by_study[key].append(f)
+            study_uid = str(getattr(ds, "StudyInstanceUID", ""))
+        except Exception:  # unreadable: reported by the loader, within the study that shares its folder
+            study_uid = ""
+        if study_uid:
+            by_study[study_uid].append(f)
+        else:
+            unreadable.append(f)
+    study_of_folder = {f.parent: key for key, group in by_study.items() for f in group}
+    for f in unreadable:
+        by_study[study_of_folder.get(f.parent, str(f.parent))].append(f)
     for group in by_study.values():
         parents = {f.parent for f in group}
-        common = Path(*Path(group[0]).parts[: min(len(p.parts) for p in parents)]) if len(parents) > 1 else group[0].parent
+        common = (
+            Path(*Path(group[0]).parts[: min(len(p.parts) for p in parents)]) if len(parents) > 1 else group[0].parent
+        )
         label = str(common.relative_to(path)) if common != path else path.name
         studies.append(StudySource(label=label, path=common, files=group, kind="dicom"))
     if not studies:

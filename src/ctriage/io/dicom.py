@@ -63,6 +63,8 @@ def read_headers(files: list[Path]) -> tuple[list[_Header], list[Path]]:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, TypeError) as exc:
             raise CorruptFileError(f"{path}: corrupt DICOM file ({exc})") from exc
+        if "SOPInstanceUID" not in ds or "SeriesInstanceUID" not in ds:
+            raise CorruptFileError(f"{path}: corrupt DICOM file (truncated: no SOP/series instance UID)")
         headers.append(_Header(path, ds))
     return headers, ignored
 
@@ -167,7 +169,8 @@ def _to_hu(pixels: np.ndarray, slope: float, intercept: float) -> np.ndarray:
 def _check_gaps(positions_mm: np.ndarray, source: Path) -> float:
     if len(positions_mm) < MIN_SLICES:
         raise IncompleteSeriesError(
-            f"{source}: the CT series has {len(positions_mm)} slices; at least {MIN_SLICES} are needed for a chest study"
+            f"{source}: the CT series has {len(positions_mm)} slices; "
+            f"at least {MIN_SLICES} are needed for a chest study"
         )
     gaps = np.diff(positions_mm)
     if np.any(gaps < 1e-3):

@@ -57,7 +57,9 @@ class CTVolume:
         return float(np.prod(self.spacing_mm)) / 1000.0
 
 
-def affine_from_lps(origin_mm: np.ndarray, directions: np.ndarray, spacing_mm: tuple[float, float, float]) -> np.ndarray:
+def affine_from_lps(
+    origin_mm: np.ndarray, directions: np.ndarray, spacing_mm: tuple[float, float, float]
+) -> np.ndarray:
     """4x4 affine from (z, y, x) indices to LPS mm; ``directions`` holds the unit LPS vector of each axis as rows."""
     affine = np.eye(4)
     for axis in range(3):

@@ -36,8 +36,12 @@ def write_outputs(result: StudyResult, outdir: Path) -> dict[str, Path]:
     paths["projection"] = outdir / "projection.png"
     projection.save(paths["projection"])
     report = result.to_dict()
-    report["files"] = {"lungs": "lungs.nii.gz", "lesions": "lesions.nii.gz", "overlays": overlays,
-                       "projection": "projection.png"}
+    report["files"] = {
+        "lungs": "lungs.nii.gz",
+        "lesions": "lesions.nii.gz",
+        "overlays": overlays,
+        "projection": "projection.png",
+    }
     paths["report"] = outdir / "report.json"
     paths["report"].write_text(json.dumps(report, indent=2, default=float))
     return paths

@@ -82,6 +82,7 @@ def chest_phantom(
     noise = rng.normal(0, 15, shape).astype(np.int16)
     hu = np.where(body, hu + noise, hu).astype(np.int16)
     affine = affine_from_lps(np.zeros(3), CANONICAL_DIRECTIONS_LPS, spacing_mm)
-    volume = CTVolume(hu=hu, spacing_mm=spacing_mm, affine=affine,
-                      meta=StudyMeta(patient_id="PHANTOM", source_format="phantom"))
+    volume = CTVolume(
+        hu=hu, spacing_mm=spacing_mm, affine=affine, meta=StudyMeta(patient_id="PHANTOM", source_format="phantom")
+    )
     return Phantom(volume=volume, lung_left=left, lung_right=right, lesion_labels=labels)

@@ -1,0 +1,41 @@
+"""Lung segmentation against TotalSegmentator lobe labels, phantoms, and dense lung at the chest wall."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ctriage.evaluate.metrics import dice
+from ctriage.io import load_volume
+from ctriage.io.nifti import mask_to_canonical
+from ctriage.lungs import dense_lung_region, include_lesions, segment_lungs
+from tests.conftest import TOTALSEG, require
+
+LEFT_LOBES, RIGHT_LOBES = (10, 11), (13, 14)  # labels present on example_ct_sm (TotalSegmentator v2)
+
+
+def test_lungs_match_totalsegmentator_lobes():
+    volume = load_volume(require(TOTALSEG / "example_ct_sm.nii.gz"))
+    labels = mask_to_canonical(TOTALSEG / "example_seg.nii.gz", volume.shape)
+    lungs = segment_lungs(volume.hu, volume.spacing_mm)
+    assert dice(np.isin(labels, LEFT_LOBES + RIGHT_LOBES), lungs.combined) >= 0.90
+    assert dice(np.isin(labels, LEFT_LOBES), lungs.left) >= 0.85
+    assert dice(np.isin(labels, RIGHT_LOBES), lungs.right) >= 0.85
+
+
+def test_phantom_left_right(phantom):
+    lungs = segment_lungs(phantom.volume.hu, phantom.volume.spacing_mm)
+    assert dice(phantom.lung_left, lungs.left) > 0.95
+    assert dice(phantom.lung_right, lungs.right) > 0.95
+    truth_ml = phantom.lung_left.sum() * phantom.volume.voxel_volume_ml
+    assert abs(lungs.left_ml - truth_ml) / truth_ml < 0.05
+
+
+def test_peripheral_consolidation_is_lung(phantom):
+    """A dense blob against the chest wall is not air; with the lesion mask it must become lung again."""
+    volume = phantom.volume
+    lesion = phantom.lesion_labels > 0
+    aerated = segment_lungs(volume.hu, volume.spacing_mm)
+    assert (lesion & aerated.combined).sum() < 0.6 * lesion.sum()  # the threshold mask alone loses it
+    lungs = include_lesions(aerated, phantom.lesion_labels, dense_lung_region(aerated, volume.hu))
+    assert (lesion & lungs.combined).sum() >= 0.99 * lesion.sum()
+    assert dice(phantom.lung_left, lungs.left) > 0.98
