@@ -1,7 +1,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-SAMPLE ?= ../shared/data/ct_volumes/covidctmd_P001_covid19/dicom
+SAMPLE ?= src/ctriage/testing/data/sample_ct.nii.gz
 
 .PHONY: venv install install-train demo test lint bench
 
@@ -17,7 +17,7 @@ install-train: install
 
 ## Analyse the bundled sample CT (or SAMPLE=path) into out/demo
 demo: install
-	$(BIN)/ctriage analyze $(if $(wildcard $(SAMPLE)),$(SAMPLE),src/ctriage/testing/data/sample_ct.nii.gz) -o out/demo
+	$(BIN)/ctriage analyze $(SAMPLE) -o out/demo
 
 ## Run the whole test suite (what CI runs)
 test: install
