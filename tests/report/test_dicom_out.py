@@ -8,7 +8,6 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from pydicom.sr.codedict import codes
 
 from ctriage.io import load_volume
 from ctriage.pipeline import StudyResult
@@ -59,19 +58,19 @@ def test_seg_sr_sc_round_trip(result_and_files, tmp_path: Path):
     seg = hd.seg.Segmentation.from_dataset(seg_ds)
     assert [seg.get_segment_description(n).segment_label for n in (1, 2, 3, 4)] == [
         "Ground-glass opacity", "Consolidation", "Right lung", "Left lung"]
-    ggo = seg.get_pixels_by_source_instance(
-        source.SeriesInstanceUID, [source.file_meta.MediaStorageSOPInstanceUID], segment_numbers=[1])
+    ggo = seg.get_pixels_by_source_instance([source.file_meta.MediaStorageSOPInstanceUID], segment_numbers=[1])
     assert ggo.shape == (1, 512, 512, 1)
     np.testing.assert_array_equal(ggo[0, :, :, 0], result.lesion_mask[5] == 1)
 
     sr = hd.sr.Comprehensive3DSR.from_dataset(sr_ds)
     groups = sr.content.get_volumetric_roi_measurement_groups()
     assert len(groups) == 2
-    by_site = {g.finding_sites[0].value: g for g in groups}
-    right = by_site[codes.SCT.RightLung.value if hasattr(codes.SCT, "RightLung") else "3341006"]
+    by_site = {g.finding_sites[0].value.value: g for g in groups}
+    right = by_site["3341006"]  # SCT right lung
     percent = [m for m in right.get_measurements() if m.name.meaning.startswith("Lesion volume")][0]
     assert percent.value == pytest.approx(100 * result.severity.right.ratio, rel=1e-6)
-    assert right.referenced_segment.referenced_sop_instance_uid == seg_ds.SOPInstanceUID
+    referenced = {e.value for e in sr_ds.iterall() if e.keyword == "ReferencedSOPInstanceUID"}
+    assert seg_ds.SOPInstanceUID in referenced and source.file_meta.MediaStorageSOPInstanceUID in referenced
 
     assert (sc_ds.Rows, sc_ds.Columns, sc_ds.PhotometricInterpretation) == (64, 48, "RGB")
 

@@ -18,6 +18,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 import ctriage
+from ctriage.report.images import CONSOLIDATION_RGB, GGO_RGB, LUNG_EDGE_RGB
 
 MANUFACTURER = "ctriage"
 PRIVATE_SCHEME = "99CTRIAGE"
@@ -45,8 +46,18 @@ def _algorithm() -> hd.AlgorithmIdentificationSequence:
 
 
 def read_sources(slice_files: list[Path]) -> list[pydicom.Dataset]:
-    """Headers (no pixel data) of the source slices, in canonical z order."""
-    return [pydicom.dcmread(f, stop_before_pixels=True) for f in slice_files]
+    """Headers (no pixel data) of the source slices, in canonical z order.
+
+    Some anonymisers blank SOPClassUID / SOPInstanceUID in the dataset but keep them in the file meta; those are
+    restored, since the SEG and SR reference the sources by them.
+    """
+    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in slice_files]
+    for ds in sources:
+        if not ds.get("SOPClassUID"):
+            ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+        if not ds.get("SOPInstanceUID"):
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    return sources
 
 
 def to_stored_grid(mask: np.ndarray, affine: np.ndarray, source: pydicom.Dataset) -> np.ndarray:
@@ -84,10 +95,10 @@ def _segment(
     )
 
 
-SEGMENTS = (  # number, label, category, type, display colour; the viewer uses the same colours
-    (1, "Ground-glass opacity", codes.SCT.MorphologicallyAbnormalStructure, GGO, (255, 200, 0)),
-    (2, "Consolidation", codes.SCT.MorphologicallyAbnormalStructure, CONSOLIDATION, (230, 30, 30)),
-    (3, "Right lung", codes.SCT.Organ, RIGHT_LUNG, (60, 140, 255)),
+SEGMENTS = (  # number, label, category, type, display colour (lesion colours as in the overlay PNGs)
+    (1, "Ground-glass opacity", codes.SCT.MorphologicallyAbnormalStructure, GGO, GGO_RGB),
+    (2, "Consolidation", codes.SCT.MorphologicallyAbnormalStructure, CONSOLIDATION, CONSOLIDATION_RGB),
+    (3, "Right lung", codes.SCT.Organ, RIGHT_LUNG, LUNG_EDGE_RGB),
     (4, "Left lung", codes.SCT.Organ, LEFT_LUNG, (60, 220, 140)),
 )
 
@@ -116,34 +127,20 @@ def build_seg(result: Any, sources: list[pydicom.Dataset]) -> hd.seg.Segmentatio
     )
 
 
-def lung_measures(result: Any, lung: np.ndarray) -> dict[str, float]:
-    """GGO and consolidation volume inside one lung (mL) and their share of the lung's volume (%)."""
-    voxel_ml = float(np.prod(result.volume.spacing_mm)) / 1000.0
-    lung_voxels = int(lung.sum())
-    ggo = int(np.count_nonzero(lung & (result.lesion_mask == 1)))
-    consolidation = int(np.count_nonzero(lung & (result.lesion_mask == 2)))
-    return {
-        "lung_ml": lung_voxels * voxel_ml,
-        "ggo_ml": ggo * voxel_ml,
-        "consolidation_ml": consolidation * voxel_ml,
-        "lesion_percent": 100.0 * (ggo + consolidation) / lung_voxels if lung_voxels else 0.0,
-    }
-
-
 def _lung_group(
-    result: Any, seg: hd.seg.Segmentation, segment_number: int, site: CodedConcept, lung: np.ndarray
+    lung: Any, seg: hd.seg.Segmentation, segment_number: int, site: CodedConcept
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
-    values = lung_measures(result, lung)
+    """Measurements of one lung (a ``severity.LungSeverity``) referencing its SEG segment."""
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=site.meaning),
         referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, segment_number),
         finding_type=codes.SCT.Lung,
         finding_sites=[hd.sr.FindingSite(site)],
         measurements=[
-            hd.sr.Measurement(codes.SCT.Volume, values["lung_ml"], UCUM_ML),
-            hd.sr.Measurement(GGO_VOLUME, values["ggo_ml"], UCUM_ML),
-            hd.sr.Measurement(CONSOLIDATION_VOLUME, values["consolidation_ml"], UCUM_ML),
-            hd.sr.Measurement(LESION_PERCENT, values["lesion_percent"], UCUM_PERCENT),
+            hd.sr.Measurement(codes.SCT.Volume, float(lung.lung_ml), UCUM_ML),
+            hd.sr.Measurement(GGO_VOLUME, float(lung.ggo_ml), UCUM_ML),
+            hd.sr.Measurement(CONSOLIDATION_VOLUME, float(lung.consolidation_ml), UCUM_ML),
+            hd.sr.Measurement(LESION_PERCENT, 100.0 * float(lung.ratio), UCUM_PERCENT),
         ],
     )
 
@@ -175,8 +172,8 @@ def build_sr(
 ) -> hd.sr.Comprehensive3DSR:
     """Measurement report (TID 1500): per-lung volumes and lesion share (referencing the SEG), scores."""
     groups: list[Any] = [
-        _lung_group(result, seg, 3, RIGHT_LUNG, result.lung_right),
-        _lung_group(result, seg, 4, LEFT_LUNG, result.lung_left),
+        _lung_group(result.severity.right, seg, 3, RIGHT_LUNG),
+        _lung_group(result.severity.left, seg, 4, LEFT_LUNG),
     ]
     study = _study_group(result.to_dict())
     if study is not None:
@@ -238,11 +235,11 @@ def build_dicom_outputs(
 
 
 def write_dicom_outputs(datasets: list[pydicom.Dataset], outdir: Path) -> list[Path]:
-    """Save ``datasets`` as seg.dcm / sr.dcm / sc.dcm (by modality) under ``outdir``; returns the paths."""
+    """Save ``datasets`` as seg.dcm / sr.dcm / sc.dcm under ``outdir``; returns the paths."""
     outdir.mkdir(parents=True, exist_ok=True)
     paths = []
     for ds in datasets:
-        path = outdir / f"{str(ds.Modality).lower()}.dcm"
+        path = outdir / f"{ {'SEG': 'seg', 'SR': 'sr'}.get(str(ds.Modality), 'sc') }.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths

@@ -21,7 +21,7 @@ from sqlalchemy.orm import selectinload
 from ctriage import triage
 from ctriage.service.db import DONE, STATUSES, Review, Study, as_utc, requeue
 from ctriage.service.pacs import DicomNetworkError
-from ctriage.service.render import WINDOWS_HU, png_bytes, render_slice
+from ctriage.service.render import WINDOWS_HU, slice_png
 from ctriage.service.runtime import Service
 
 WEB_DIR = Path(__file__).parent / "web"
@@ -154,14 +154,14 @@ def create_app(service: Service) -> FastAPI:
         hu, lesion, lung_labels = _viewer_arrays(study.result_dir)
         if not 0 <= index < hu.shape[0]:
             raise HTTPException(404, f"slice {index} outside 0..{hu.shape[0] - 1}")
-        image = render_slice(
+        png = slice_png(
             np.asarray(hu[index]),
             np.asarray(lesion[index]),
             window,
             overlay,
             np.asarray(lung_labels[index]) if lungs else None,
         )
-        return Response(png_bytes(image), media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+        return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/api/studies/{study_id}/files/{name}")
     def get_file(study_id: int, name: str) -> FileResponse:

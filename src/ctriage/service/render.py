@@ -1,60 +1,31 @@
-"""Server-rendered axial slices for the web viewer: HU window presets and a GGO / consolidation overlay."""
+"""Server-rendered axial slices for the web viewer (drawing is ``ctriage.report.images.render_slice``)."""
 
 from __future__ import annotations
 
 import io
 
 import numpy as np
-from PIL import Image
 
-WINDOWS_HU = {  # name: (level, width)
-    "lung": (-600, 1500),
-    "mediastinum": (40, 400),
-    "bone": (400, 1800),
+from ctriage.report.images import render_slice
+
+WINDOWS_HU = {  # preset name: (low, high) HU
+    "lung": (-1350.0, 150.0),  # level -600, width 1500
+    "mediastinum": (-160.0, 240.0),  # level 40, width 400
+    "bone": (-500.0, 1300.0),  # level 400, width 1800
 }
-LESION_COLORS = {1: (255, 200, 0), 2: (230, 30, 30)}  # GGO yellow, consolidation red (as in the DICOM SEG)
-LUNG_EDGE_COLOR = (60, 160, 255)
-OVERLAY_ALPHA = 0.45
 
 
-def window(hu2d: np.ndarray, level: float, width: float) -> np.ndarray:
-    """Map HU to 0..255 grey values for a display window."""
-    low = level - width / 2.0
-    return (np.clip((hu2d.astype(np.float32) - low) / width, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def _edges(mask: np.ndarray) -> np.ndarray:
-    """One-pixel outline of a boolean mask."""
-    inner = mask.copy()
-    inner[1:, :] &= mask[:-1, :]
-    inner[:-1, :] &= mask[1:, :]
-    inner[:, 1:] &= mask[:, :-1]
-    inner[:, :-1] &= mask[:, 1:]
-    return mask & ~inner
-
-
-def render_slice(
-    hu2d: np.ndarray,
-    lesion2d: np.ndarray | None,
-    window_name: str = "lung",
-    overlay: bool = True,
-    lungs2d: np.ndarray | None = None,
-) -> Image.Image:
-    """RGB image of one axial slice; lesions are blended in their colours, lungs drawn as an outline."""
-    level, width = WINDOWS_HU[window_name]
-    grey = window(hu2d, level, width)
-    rgb = np.repeat(grey[..., None], 3, axis=-1).astype(np.float32)
-    if overlay and lesion2d is not None:
-        for label, color in LESION_COLORS.items():
-            where = lesion2d == label
-            rgb[where] = (1 - OVERLAY_ALPHA) * rgb[where] + OVERLAY_ALPHA * np.asarray(color, np.float32)
-    if overlay and lungs2d is not None:
-        rgb[_edges(lungs2d > 0)] = LUNG_EDGE_COLOR
-    return Image.fromarray(rgb.astype(np.uint8), "RGB")
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    """Encode an image as PNG (fast compression; slices are rendered on demand)."""
+def slice_png(
+    hu2d: np.ndarray, lesion2d: np.ndarray, window_name: str, overlay: bool, lungs2d: np.ndarray | None
+) -> bytes:
+    """PNG of one axial slice: window preset, GGO / consolidation overlay on or off, optional lung outline."""
+    image = render_slice(
+        hu2d,
+        lesion2d,
+        WINDOWS_HU[window_name],
+        overlay=overlay,
+        lung2d=None if lungs2d is None else lungs2d > 0,
+    )
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()

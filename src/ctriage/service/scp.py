@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -38,9 +38,10 @@ def handle_store(event: evt.Event, store: StudyStore, source: str = "push") -> i
 
 
 def make_ae(config: ServiceConfig) -> AE:
-    """An application entity with ctriage's AE title that accepts every storage SOP class and C-ECHO."""
+    """An AE with ctriage's AE title accepting every storage SOP class (any transfer syntax) and C-ECHO."""
     ae = AE(ae_title=config.ae_title)
-    ae.supported_contexts = AllStoragePresentationContexts
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification)
     if config.allowed_calling_aets:
         ae.require_calling_aet = list(config.allowed_calling_aets)
