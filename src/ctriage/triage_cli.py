@@ -39,7 +39,7 @@ def worklist_table(items: list[TriageItem], policy: str) -> Table:
     return table
 
 
-@app.command()
+@app.command("triage")
 def triage_command(
     outdirs: Annotated[list[Path], typer.Argument(help="Analysis output folders, each with a report.json.")],
     policy: Annotated[str, typer.Option(help=f"Site policy: {', '.join(POLICIES)}.")] = "combined",

@@ -2,6 +2,73 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 app = typer.Typer(help="Evaluate models against reference labels (Dice, ROC AUC, Spearman ...).", no_args_is_help=True)
+
+
+@app.command("identification")
+def identification_command(
+    images: Annotated[Path, typer.Option(help="Folder the CSV's image paths are relative to.")],
+    labels: Annotated[Path, typer.Option(help="CSV: path, label (1 COVID-19), optional patient_id, source.")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the numbers as JSON here.")] = None,
+    roc_png: Annotated[Path, typer.Option(help="ROC curve PNG.")] = Path("identification_roc.png"),
+) -> None:
+    """ROC AUC (95 % patient bootstrap CI) and sensitivity/specificity at the operating point, per source."""
+    from rich.console import Console
+
+    from ctriage.evaluate.identification import (
+        lesion_model_segmenter,
+        read_labels_csv,
+        save_roc_png,
+        score_slices,
+        summarize,
+    )
+    from ctriage.identify import IdentificationModel
+
+    scores = score_slices(read_labels_csv(labels, images), lesion_model_segmenter(), IdentificationModel())
+    summary = summarize(scores)
+    save_roc_png(scores, roc_png)
+    console = Console()
+    console.print(f"model {summary['model_version']}, threshold {summary['threshold']:.3f}, ROC: {roc_png}")
+    for name, rates in {"all": summary["all"], **summary["per_source"]}.items():
+        low, high = rates["auc_ci95"]
+        console.print(
+            f"{name}: AUC {rates['auc']:.3f} (95% CI {low:.3f}-{high:.3f}), sensitivity {rates['sensitivity']:.3f},"
+            f" specificity {rates['specificity']:.3f} (n+ {rates['n_positive']}, n- {rates['n_negative']})"
+        )
+    if json_out is not None:
+        json_out.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+@app.command("severity")
+def severity_command(
+    csv_path: Annotated[Path, typer.Option("--csv", help="CSV with predicted and reference severity columns.")],
+    predicted: Annotated[str, typer.Option(help="Column of predicted scores.")] = "predicted",
+    reference: Annotated[str, typer.Option(help="Column of reference scores.")] = "reference",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the numbers as JSON here.")] = None,
+) -> None:
+    """Spearman's rho (95 % bootstrap CI) and Bland-Altman bias / limits of predicted vs reference severity."""
+    import csv
+
+    import numpy as np
+
+    from ctriage.evaluate.metrics import bland_altman, bootstrap_ci, spearman
+
+    with csv_path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    x = np.array([float(r[predicted]) for r in rows])
+    y = np.array([float(r[reference]) for r in rows])
+    rho = spearman(x, y)
+    low, high = bootstrap_ci(spearman, x, y)
+    bias, lower, upper = bland_altman(x, y)
+    typer.echo(f"n {len(rows)}: Spearman rho {rho:.3f} (95% CI {low:.3f}-{high:.3f})")
+    typer.echo(f"Bland-Altman (predicted - reference): bias {bias:.3f}, limits of agreement {lower:.3f} to {upper:.3f}")
+    if json_out is not None:
+        summary = {"n": len(rows), "spearman_rho": rho, "spearman_ci95": [low, high],
+                   "bland_altman": {"bias": bias, "lower": lower, "upper": upper}}
+        json_out.write_text(json.dumps(summary, indent=2) + "\n")

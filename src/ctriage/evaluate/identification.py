@@ -26,6 +26,8 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 from skimage.morphology import convex_hull_image
 
+from ctriage.evaluate.metrics import bootstrap_ci, roc_auc, roc_curve, sensitivity_specificity
+from ctriage.identify import IdentificationModel, identify
 from ctriage.preprocess import LESION_INPUT_WINDOW_HU
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -137,7 +139,8 @@ def lung_mask_2d(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Dark pixels (below Otsu's threshold) inside the convex hull of the largest bright region (the body; on a
     crop tight on the lungs, nearly the whole image) are lung candidates. The two largest candidates (each at
     least ``MIN_LUNG_AREA_FRACTION`` of the image) are closed and hole-filled (vessels, lesions) and assigned
-    to a side by their centroid column; a single merged region is cut at the image's middle column. Each
+    to a side by their centroid columns (the larger column is the left lung; a slice rotated by 90 degrees still
+    gets one region per side); a single merged region is cut at the image's middle column. Each
     region gets its convex hull minus the anterior-medial quadrant, so consolidation along the chest wall
     counts as lung.
     """
@@ -155,20 +158,18 @@ def lung_mask_2d(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     radius = max(1, int(round(CLOSING_FRACTION * max(gray.shape))))
     structure = ndimage.generate_binary_structure(2, 1)
     structure = ndimage.iterate_structure(structure, radius)
-    left = np.zeros(dark.shape, bool)
-    right = np.zeros(dark.shape, bool)
     middle = dark.shape[1] / 2.0
+    regions = []
     for index in keep:
         closed = ndimage.binary_closing(labels == index, structure, border_value=0)
-        region = _with_dense_periphery(ndimage.binary_fill_holes(closed), middle)
-        columns = np.nonzero(region)[1]
-        if len(keep) == 1:
-            left |= region & (np.arange(dark.shape[1]) >= middle)[None, :]
-            right |= region & (np.arange(dark.shape[1]) < middle)[None, :]
-        elif columns.mean() >= middle:
-            left |= region
-        else:
-            right |= region
+        regions.append(_with_dense_periphery(ndimage.binary_fill_holes(closed), middle))
+    if not regions:
+        return np.zeros(dark.shape, bool), np.zeros(dark.shape, bool)
+    if len(regions) == 1:
+        on_left = (np.arange(dark.shape[1]) >= middle)[None, :]
+        return regions[0] & on_left, regions[0] & ~on_left
+    regions.sort(key=lambda region: np.nonzero(region)[1].mean())
+    right, left = regions
     right &= ~left
     return left, right
 
@@ -196,3 +197,81 @@ def slice_masks(path: Path, segmenter: SliceSegmenter) -> tuple[np.ndarray, np.n
     left, right = lung_mask_2d(gray)
     lesion = segmenter(pseudo_hu(gray), left | right)
     return lesion, left, right
+
+
+def lesion_model_segmenter(pixel_mm: float = 0.7) -> SliceSegmenter:
+    """Slice segmenter over :func:`ctriage.lesions.segment_lesions` (the installed lesion model).
+
+    The slices carry no spacing; ``pixel_mm`` is a nominal in-plane pixel size in mm (ratios do not use it).
+    """
+    from ctriage.lesions import segment_lesions
+
+    def segment(hu: np.ndarray, lung: np.ndarray) -> np.ndarray:
+        return segment_lesions(hu[None], lung[None], (1.0, pixel_mm, pixel_mm)).mask[0]
+
+    return segment
+
+
+@dataclass(frozen=True)
+class SliceScores:
+    """Identification probabilities of labelled slices, with their labels, patient ids and sources."""
+
+    probabilities: np.ndarray
+    labels: np.ndarray
+    patients: np.ndarray
+    sources: np.ndarray
+    threshold: float
+    model_version: str
+
+
+def score_slices(items: list[LabelledSlice], segmenter: SliceSegmenter, model: IdentificationModel) -> SliceScores:
+    """Run lungs -> lesions -> :func:`ctriage.identify.identify` on every slice (a volume of one slice)."""
+    probabilities = []
+    for item in items:
+        lesion, left, right = slice_masks(item.path, segmenter)
+        probabilities.append(identify(lesion, left, right, (1.0, 1.0), model=model).probability)
+    return SliceScores(
+        probabilities=np.asarray(probabilities, float),
+        labels=np.array([i.label for i in items], int),
+        patients=np.array([i.patient_id for i in items]),
+        sources=np.array([i.source for i in items]),
+        threshold=model.threshold,
+        model_version=model.version,
+    )
+
+
+def summarize(scores: SliceScores, n_resamples: int = 2000) -> dict[str, object]:
+    """ROC AUC with a patient-level 95 % bootstrap interval, sensitivity/specificity at the model threshold,
+    for all slices and per source (AUC is NaN where a source holds one class)."""
+
+    def rates(rows: np.ndarray) -> dict[str, float]:
+        labels, probabilities = scores.labels[rows], scores.probabilities[rows]
+        low, high = bootstrap_ci(roc_auc, labels, probabilities, n_resamples=n_resamples,
+                                 groups=scores.patients[rows])
+        sensitivity, specificity = sensitivity_specificity(labels == 1, probabilities >= scores.threshold)
+        return {"auc": roc_auc(labels, probabilities), "auc_ci95": [low, high], "sensitivity": sensitivity,
+                "specificity": specificity, "n_positive": int(labels.sum()), "n_negative": int((labels == 0).sum())}
+
+    every = np.ones(scores.labels.size, bool)
+    per_source = {name: rates(scores.sources == name) for name in sorted(set(scores.sources) - {""})}
+    return {"model_version": scores.model_version, "threshold": scores.threshold, "all": rates(every),
+            "per_source": per_source}
+
+
+def save_roc_png(scores: SliceScores, path: Path) -> None:
+    """ROC curve (all slices) with the operating point marked, as a PNG (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fpr, tpr, _ = roc_curve(scores.labels, scores.probabilities)
+    sensitivity, specificity = sensitivity_specificity(scores.labels == 1, scores.probabilities >= scores.threshold)
+    figure, axes = plt.subplots(figsize=(5, 5))
+    axes.plot(fpr, tpr, label=f"AUC {roc_auc(scores.labels, scores.probabilities):.3f}")
+    axes.plot([0, 1], [0, 1], "k:", linewidth=0.8)
+    axes.plot([1 - specificity], [sensitivity], "ro", label=f"threshold {scores.threshold:.3f}")
+    axes.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"COVID-19 identification ({scores.model_version})")
+    axes.legend(loc="lower right")
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)

@@ -1,0 +1,133 @@
+"""Identification features on hand-made masks, slice-to-study aggregation and inference on real slices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ctriage.identify import (
+    DEFAULT_ONNX,
+    Identification,
+    IdentificationModel,
+    aggregate,
+    identify,
+    lesion_features,
+    model_inputs,
+)
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+MEDSEG = DATA / "medseg_infnet_2d" / "TrainingSet" / "MultiClassInfection-Train"
+LUNA = DATA / "identification_slices" / "ucsd_luna16_noncovid" / "NonCOVID"
+LESION_ONNX = Path(__file__).resolve().parents[1] / "src" / "ctriage" / "models" / "weights" / "lesions.onnx"
+
+
+def two_lungs(shape: tuple[int, int] = (20, 40)) -> tuple[np.ndarray, np.ndarray]:
+    """Right lung = rows 5..14, cols 5..14 (image left); left lung = rows 5..14, cols 25..34; 100 px each."""
+    right = np.zeros(shape, bool)
+    left = np.zeros(shape, bool)
+    right[5:15, 5:15] = True
+    left[5:15, 25:35] = True
+    return left, right
+
+
+def test_features_of_a_hand_made_slice() -> None:
+    left, right = two_lungs()
+    lesion = np.zeros(left.shape, np.uint8)
+    lesion[13:15, 25:35] = 1  # left lung: 20 px GGO, its two posterior rows
+    lesion[9, 5:10] = 2  # right lung: 5 px consolidation on the middle row, from the lateral edge
+    f = lesion_features(lesion, left, right, (0.7, 0.7))
+    assert f["left_ratio"] == pytest.approx(0.20)
+    assert f["right_ratio"] == pytest.approx(0.05)
+    assert f["lesion_ratio"] == pytest.approx(25 / 200)
+    assert (f["max_lung_ratio"], f["min_lung_ratio"], f["bilateral"]) == (pytest.approx(0.2), pytest.approx(0.05), 1.0)
+    assert f["ggo_share"] == pytest.approx(20 / 25)
+    # depth 1 px (relative 1/5 <= 1/3): left row 14 (10 px) + row 13's two edge px; right col 5 (1 px)
+    assert f["peripheral_share"] == pytest.approx(13 / 25)
+    # behind the lung's mean row 9.5: the 20 left px; row 9 is not
+    assert f["posterior_share"] == pytest.approx(20 / 25)
+    assert f["lower_zone_share"] == 0.0  # a single slice sits in the middle zone
+
+
+def test_slice_is_a_volume_of_one_slice_and_empty_lesion_gives_zeros() -> None:
+    left, right = two_lungs()
+    lesion = np.zeros(left.shape, np.uint8)
+    lesion[6:9, 26:30] = 1
+    assert lesion_features(lesion, left, right, (1.0, 1.0)) == lesion_features(
+        lesion[None], left[None], right[None], (2.0, 1.0, 1.0)
+    )
+    empty = lesion_features(np.zeros_like(lesion), left, right, (1.0, 1.0))
+    assert all(value == 0.0 for value in empty.values())
+
+
+def test_lower_zone_share_over_the_lung_z_extent() -> None:
+    left, right = two_lungs()
+    left3, right3 = np.repeat(left[None], 9, 0), np.repeat(right[None], 9, 0)
+    lesion = np.zeros(left3.shape, np.uint8)
+    lesion[6, 6:8, 26:30] = 1  # slice 6 of 0..8: centre 6.5 / 9 > 2/3 -> lower zone (8 px)
+    lesion[5, 6:8, 26:30] = 1  # slice 5: 5.5 / 9 < 2/3 -> not (8 px)
+    assert lesion_features(lesion, left3, right3, (2.0, 1.0, 1.0))["lower_zone_share"] == pytest.approx(0.5)
+
+
+def test_aggregate_is_mean_of_top_five_percent() -> None:
+    probabilities = np.r_[np.zeros(38), [0.8, 1.0]]  # 40 slices -> top 2
+    assert aggregate(probabilities) == pytest.approx(0.9)
+    assert aggregate(np.array([0.3])) == pytest.approx(0.3)
+    assert aggregate(np.zeros(0)) == 0.0
+
+
+def test_model_inputs_order_and_log_transform() -> None:
+    values = model_inputs({"lesion_ratio": 0.099, "ggo_share": 0.5}, ["ggo_share", "log_lesion_ratio"])
+    assert values.dtype == np.float32
+    assert values.tolist() == pytest.approx([0.5, -1.0])
+
+
+@pytest.fixture(scope="module")
+def model() -> IdentificationModel:
+    if not DEFAULT_ONNX.is_file():
+        pytest.skip(f"identification model not installed at {DEFAULT_ONNX}")
+    return IdentificationModel()
+
+
+def test_identify_on_real_slices_with_reference_lesion_masks(model: IdentificationModel) -> None:
+    """Radiologist GGO/consolidation masks of MedSeg COVID-19 slices vs LUNA16 slices without lesions."""
+    if not MEDSEG.is_dir() or not LUNA.is_dir():
+        pytest.skip(f"shared real data not found under {DATA.resolve()}")
+    from ctriage.evaluate.identification import load_gray, lung_mask_2d
+
+    covid = []
+    for name in ("0", "1", "3"):  # slices where both lungs are in view
+        left, right = lung_mask_2d(load_gray(MEDSEG / "Imgs" / f"{name}.jpg"))
+        covid.append(identify(_palette(MEDSEG / "GT" / f"{name}.png"), left, right, (1.0, 1.0), model=model))
+    luna_path = sorted(LUNA.iterdir())[0]
+    left, right = lung_mask_2d(load_gray(luna_path))
+    clean = identify(np.zeros(left.shape, np.uint8), left, right, (1.0, 1.0), model=model)
+    for result in [*covid, clean]:
+        assert isinstance(result, Identification)
+        assert 0.0 <= result.probability <= 1.0
+        assert result.positive == (result.probability >= result.threshold)
+        assert result.model_version == model.version
+    assert min(r.probability for r in covid) > clean.probability
+    assert not clean.positive
+
+
+def _palette(path: Path) -> np.ndarray:
+    """Palette PNG indices (0 bg, 1 GGO, 2 consolidation) as uint8."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image, np.uint8)
+
+
+def test_identify_on_a_real_slice_with_the_lesion_model(model: IdentificationModel) -> None:
+    if not LESION_ONNX.is_file():
+        pytest.skip(f"lesion model not installed at {LESION_ONNX}")
+    if not MEDSEG.is_dir():
+        pytest.skip(f"shared real data not found under {DATA.resolve()}")
+    from ctriage.evaluate.identification import lesion_model_segmenter, slice_masks
+
+    lesion, left, right = slice_masks(MEDSEG / "Imgs" / "0.jpg", lesion_model_segmenter())
+    result = identify(lesion, left, right, (1.0, 1.0), model=model)
+    assert 0.0 <= result.probability <= 1.0
+    assert result.features["lesion_ratio"] > 0.0
