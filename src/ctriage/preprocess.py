@@ -10,9 +10,10 @@ WINDOW_MEDIASTINUM_HU = (-150.0, 350.0)
 WINDOW_WIDE_HU = (-1024.0, 350.0)
 WINDOW_LUNG_HU = (-1350.0, 150.0)  # level -600, width 1500
 
-# The HU range that maps onto the 8-bit lung-window slices the lesion model was trained on
-# (calibrated on real CT; see docs/calibration.md).
-LESION_INPUT_WINDOW_HU = WINDOW_LUNG_HU
+# The HU range that maps onto the 8-bit slices the lesion model was trained on: aerated lung (about -870 HU)
+# lands near grey 45 and soft tissue (about +40 HU) near grey 215, as in those slices. Calibrated by matching
+# grey-level landmarks of the training slices to HU on real CT; see docs/calibration.md.
+LESION_INPUT_WINDOW_HU = (-1150.0, 250.0)
 
 
 def window(hu: np.ndarray, window_hu: tuple[float, float]) -> np.ndarray:
