@@ -72,3 +72,27 @@ def severity_command(
         summary = {"n": len(rows), "spearman_rho": rho, "spearman_ci95": [low, high],
                    "bland_altman": {"bias": bias, "lower": lower, "upper": upper}}
         json_out.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+@app.command("lesions")
+def lesions_command(
+    images: Annotated[Path, typer.Option(help="Folder of 8-bit lung-window slices (Inf-Net Imgs/).")],
+    masks: Annotated[Path, typer.Option(help="Folder of reference PNGs: palette 0/1/2 or binary 0/255 (GT/).")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write per-image and mean numbers here.")] = None,
+) -> None:
+    """Dice (lesion, GGO, consolidation), sensitivity and specificity of the lesion model, per image and mean."""
+    from ctriage.evaluate.segmentation import METRICS, evaluate_folder
+    from ctriage.models.registry import load_model
+
+    report = evaluate_folder(images, masks, load_model("lesions"))
+
+    def cells(row: dict) -> str:
+        return " ".join(f"{row[m]:>10.3f}" if row[m] is not None else f"{'n/a':>10}" for m in METRICS)
+
+    typer.echo(f"model {report['model_version']}, {report['n_images']} images")
+    typer.echo(f"{'image':<24}" + " ".join(f"{m[-10:]:>10}" for m in METRICS))
+    for row in report["images"]:
+        typer.echo(f"{row['name'][:24]:<24}" + cells(row))
+    typer.echo(f"{'mean':<24}" + cells(report["mean"]))
+    if json_out is not None:
+        json_out.write_text(json.dumps(report, indent=2) + "\n")

@@ -2,12 +2,101 @@
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 app = typer.Typer(help="Train models (needs the [train] extra: torch + MONAI).", no_args_is_help=True)
+
+DEFAULT_DATA_ROOT = Path("../shared/data")
+
+
+@app.command()
+def lesions(
+    data_root: Annotated[Path, typer.Option(help="Folder with medseg_infnet_2d/, acl_ggo_311/.")] = DEFAULT_DATA_ROOT,
+    net: Annotated[str, typer.Option(help="Network: unet, unetpp or multitask.")] = "unet",
+    features: Annotated[str, typer.Option(help="MONAI BasicUNet feature widths (6 integers).")] = "12,24,48,96,192,12",
+    input_size: Annotated[int, typer.Option(help="Square model input size in pixels.")] = 256,
+    pretrain_steps: Annotated[int, typer.Option(help="Binary pre-training steps (pseudo-label + ACL).")] = 300,
+    finetune_steps: Annotated[int, typer.Option(help="Three-class fine-tuning steps on MedSeg train.")] = 300,
+    batch_size: Annotated[int, typer.Option(help="Slices per optimiser step.")] = 12,
+    learning_rate: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 2e-3,
+    seed: Annotated[int, typer.Option(help="Seed of the validation split and of training.")] = 0,
+    n_val: Annotated[int, typer.Option(help="MedSeg radiologist slices held out for validation.")] = 10,
+    threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
+    cache_dir: Annotated[Path, typer.Option(help="Where the resized .npz cache is kept.")] = Path(".train_data"),
+    history_json: Annotated[Path | None, typer.Option(help="Write the validation history here.")] = None,
+    export_dir: Annotated[
+        Path | None, typer.Option(help="Write weights/lesions.onnx + cards/lesions.json here (src/ctriage/models).")
+    ] = None,
+) -> None:
+    """Train a lesion segmentation network (0 bg, 1 GGO, 2 consolidation) and optionally export it to ONNX."""
+    import torch
+
+    from ctriage.train.data import MEDSEG_MULTICLASS, build_cache, load_cache, validation_names
+    from ctriage.train.loop import TrainConfig, subset, train_lesion_net
+    from ctriage.train.nets import build_net
+
+    torch.set_num_threads(threads)
+    widths = tuple(int(f) for f in features.split(","))
+    cache = build_cache(data_root, cache_dir / f"lesions_{input_size}.npz", input_size)
+    medseg, binary = load_cache(cache)
+    val_names = validation_names(medseg.names, n_val, seed)
+    train, val = subset(medseg, val_names, keep=False), subset(medseg, val_names, keep=True)
+    config = TrainConfig(pretrain_steps=pretrain_steps, finetune_steps=finetune_steps, batch_size=batch_size,
+                         learning_rate=learning_rate, seed=seed)
+    model = build_net(net, widths)
+    typer.echo(f"{net} {widths}: {sum(p.numel() for p in model.parameters())} parameters; "
+               f"train {len(train.names)} + {len(binary.names)} binary, validation {val_names}")
+    history = train_lesion_net(model, train, val, binary, config, log=typer.echo)
+    if history_json is not None:
+        history_json.parent.mkdir(parents=True, exist_ok=True)
+        history_json.write_text(json.dumps({"net": net, "features": widths, "config": config.__dict__,
+                                            "history": history.rows}, indent=1))
+    if export_dir is None:
+        return
+    from ctriage.evaluate.segmentation import evaluate_folder
+    from ctriage.models.registry import ModelHandle
+    from ctriage.train.export import export_onnx, write_card
+
+    onnx_path = export_onnx(model, export_dir / "weights" / "lesions.onnx", input_size)
+    command = (f"ctriage train lesions --net {net} --features {features} --input-size {input_size} "
+               f"--pretrain-steps {pretrain_steps} --finetune-steps {finetune_steps} --batch-size {batch_size} "
+               f"--learning-rate {learning_rate} --seed {seed} --n-val {n_val} --export-dir {export_dir}")
+    card = {
+        "name": "lesions",
+        "version": f"lesions-{net}-{datetime.now(UTC):%Y%m%d}",
+        "date": f"{datetime.now(UTC):%Y-%m-%d}",
+        "task": "2D lesion segmentation of axial chest CT slices cropped to the lungs",
+        "classes": {"0": "background", "1": "ground-glass opacity", "2": "consolidation"},
+        "architecture": {"net": net, "features": list(widths), "space_to_depth": 2,
+                         "parameters": sum(p.numel() for p in model.parameters())},
+        "input": {"name": "image", "shape": ["N", 1, input_size, input_size], "dtype": "float32",
+                  "size_px": input_size,
+                  "mapping": "8-bit lung-window slice / 255; in the product ctriage.preprocess.window(hu, "
+                             "LESION_INPUT_WINDOW_HU) of a slice cropped to the lung bounding box, "
+                             "resized bilinearly to size_px x size_px"},
+        "output": {"name": "logits", "shape": ["N", 3, input_size, input_size]},
+        "data": {
+            "multiclass": f"{MEDSEG_MULTICLASS} (50 radiologist slices, MedSeg origin)",
+            "pretraining": "Inf-Net Pseudo-label (1600 slices, model-made binary masks) + acl_ggo_311 "
+                           "(311 slices, GGO masks, cropped to the lungs), as lesion vs background",
+        },
+        "split": {"validation": val_names, "train": train.names, "seed": seed,
+                  "rule": f"{n_val} of the 50 radiologist slices by a seeded permutation, never trained on"},
+        "training": {"command": command, **config.__dict__, "loss": "pretrain BCE + soft Dice on P(GGO)+P(cons); "
+                     "finetune MONAI DiceCELoss (3 classes)", "last_weights_kept": True},
+        "validation_grid": history.rows[-1][3],
+    }
+    handle = ModelHandle.from_files(onnx_path, card)
+    report = evaluate_folder(data_root / MEDSEG_MULTICLASS / "Imgs", data_root / MEDSEG_MULTICLASS / "GT", handle,
+                             names=val_names)
+    card["validation"] = {"resolution": "original slice size", **report["mean"]}
+    write_card(card, export_dir / "cards" / "lesions.json")
+    typer.echo(f"exported {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB); validation {report['mean']}")
 
 
 @app.command("identification")

@@ -1,0 +1,102 @@
+"""Lesion segmentation evaluation on 2D slice folders in the Inf-Net layout (Imgs/ + GT/ matched by file stem).
+
+Reference masks are palette (or grey) PNGs with 0 bg / 1 GGO / 2 consolidation, or binary 0/255 PNGs (lesion vs
+not; then only the binary lesion scores are defined). Images are 8-bit lung-window slices cropped to the lungs;
+the model sees ``image / 255``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ctriage.evaluate.metrics import dice, sensitivity_specificity
+from ctriage.lesions import predict_probabilities
+from ctriage.models.registry import ModelHandle
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+METRICS = ("dice_lesion", "dice_ggo", "dice_consolidation", "sensitivity", "specificity")
+
+
+def numeric_key(path: Path) -> tuple[int, str]:
+    """Sort key that orders '2.jpg' before '10.jpg' and falls back to the name."""
+    stem = path.stem
+    return (int(stem), stem) if stem.isdigit() else (1 << 30, stem)
+
+
+def paired_files(images_dir: Path, masks_dir: Path) -> list[tuple[Path, Path]]:
+    """(image, mask) pairs matched by file stem, in numeric-then-name order; images without a mask are skipped."""
+    masks = {p.stem: p for p in masks_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    images = sorted((p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=numeric_key)
+    return [(p, masks[p.stem]) for p in images if p.stem in masks]
+
+
+def read_gray(path: Path) -> np.ndarray:
+    """An image file as uint8 (h, w) grey levels."""
+    return np.asarray(Image.open(path).convert("L"), dtype=np.uint8)
+
+
+def read_reference(path: Path) -> tuple[np.ndarray, bool]:
+    """(labels uint8 (h, w), multiclass). Palette PNGs and grey PNGs with values <= 2 are 0/1/2 label maps;
+    anything else is a binary mask thresholded at > 127 (label 1 = lesion, multiclass False)."""
+    image = Image.open(path)
+    if image.mode == "P":
+        return np.asarray(image, dtype=np.uint8), True
+    grey = np.asarray(image.convert("L"), dtype=np.uint8)
+    if grey.max() <= 2:
+        return grey, True
+    return (grey > 127).astype(np.uint8), False
+
+
+def score_image(reference: np.ndarray, multiclass: bool, predicted: np.ndarray) -> dict[str, float]:
+    """Dice (lesion, GGO, consolidation; NaN for GGO/consolidation on binary references) and binary
+    lesion sensitivity / specificity of a predicted 0/1/2 map against a reference map."""
+    sensitivity, specificity = sensitivity_specificity(reference > 0, predicted > 0)
+    nan = float("nan")
+    return {
+        "dice_lesion": dice(reference > 0, predicted > 0),
+        "dice_ggo": dice(reference == 1, predicted == 1) if multiclass else nan,
+        "dice_consolidation": dice(reference == 2, predicted == 2) if multiclass else nan,
+        "sensitivity": sensitivity,
+        "specificity": specificity,
+    }
+
+
+def defined_or_none(value: float) -> float | None:
+    """``value``, or None where it is NaN (undefined: no positives, or no class labels in the reference)."""
+    return None if math.isnan(value) else value
+
+
+def mean_scores(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Per-metric mean over images, skipping undefined (None) values; None where no image defines the metric."""
+    out: dict[str, float | None] = {}
+    for metric in METRICS:
+        values = [r[metric] for r in rows if r[metric] is not None]
+        out[metric] = float(np.mean(values)) if values else None
+    return out
+
+
+def evaluate_folder(
+    images_dir: Path, masks_dir: Path, model: ModelHandle, names: list[str] | None = None, batch_size: int = 16,
+) -> dict[str, Any]:
+    """Run ``model`` on every image with a mask (or only the stems in ``names``) at the original slice size.
+
+    Returns {"model_version", "n_images", "images": [{"name", metrics...}], "mean": {metric: value}}; undefined
+    values are None.
+    """
+    pairs = [(i, m) for i, m in paired_files(images_dir, masks_dir) if names is None or i.stem in names]
+    if not pairs:
+        raise FileNotFoundError(f"no image/mask pairs in {images_dir} and {masks_dir}")
+    planes = [read_gray(i).astype(np.float32) / 255.0 for i, _ in pairs]
+    rows = []
+    for (image_path, mask_path), prob in zip(pairs, predict_probabilities(model, planes, batch_size), strict=True):
+        reference, multiclass = read_reference(mask_path)
+        if reference.shape != prob.shape[1:]:
+            raise ValueError(f"{mask_path.name}: mask {reference.shape} vs image {prob.shape[1:]}")
+        scores = score_image(reference, multiclass, prob.argmax(0))
+        rows.append({"name": image_path.stem, **{k: defined_or_none(v) for k, v in scores.items()}})
+    return {"model_version": model.version, "n_images": len(rows), "images": rows, "mean": mean_scores(rows)}

@@ -1,0 +1,100 @@
+"""Lesion segmentation (0 background, 1 ground-glass opacity, 2 consolidation) over the lung slices of a CT.
+
+Each axial slice that contains lung is cropped to the lung bounding box plus a margin, windowed with
+``LESION_INPUT_WINDOW_HU`` to [0, 1], resized to the model's square input, run through the ONNX model in
+batches, and its class probabilities are resized back onto the crop. Labels are kept inside the lung mask only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from ctriage.models.registry import ModelHandle, load_model
+from ctriage.preprocess import LESION_INPUT_WINDOW_HU, window
+
+LESION_MODEL_NAME = "lesions"
+CROP_MARGIN_MM = 10.0  # training slices are lung crops that keep a rim of chest wall
+MIN_CROP_MM = 60.0  # do not blow tiny apical lung sections up to the full model input
+
+
+@dataclass(frozen=True)
+class LesionResult:
+    """``mask`` uint8 (z, y, x): 0 bg, 1 GGO, 2 consolidation, inside the lung mask only;
+    ``slice_probability`` float32 (z,): max lesion probability over the slice's lung pixels (0 without lung);
+    ``model_version``: the lesion model card's version."""
+
+    mask: np.ndarray
+    slice_probability: np.ndarray
+    model_version: str
+
+
+def resize_plane(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float32 (h, w) plane to ``shape`` = (rows, cols)."""
+    if plane.shape == shape:
+        return plane.astype(np.float32, copy=False)
+    image = Image.fromarray(np.ascontiguousarray(plane, np.float32), mode="F")
+    return np.asarray(image.resize((shape[1], shape[0]), Image.BILINEAR), dtype=np.float32)
+
+
+def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
+    """Numerically stable softmax of float32 logits along ``axis``."""
+    shifted = np.exp(logits - logits.max(axis=axis, keepdims=True))
+    return shifted / shifted.sum(axis=axis, keepdims=True)
+
+
+def predict_probabilities(model: ModelHandle, planes: list[np.ndarray], batch_size: int = 16) -> list[np.ndarray]:
+    """Class probabilities float32 (3, h, w) for each [0, 1] float plane (h, w), at the plane's own size."""
+    size = model.input_size
+    out: list[np.ndarray] = []
+    for start in range(0, len(planes), batch_size):
+        chunk = planes[start:start + batch_size]
+        batch = np.stack([resize_plane(p, (size, size)) for p in chunk])[:, None]
+        probabilities = softmax(model.run(batch))
+        out.extend(np.stack([resize_plane(c, p.shape) for c in prob])
+                   for prob, p in zip(probabilities, chunk, strict=True))
+    return out
+
+
+def crop_box(lung_slice: np.ndarray, spacing_yx_mm: tuple[float, float]) -> tuple[slice, slice]:
+    """Bounding box of a 2D lung mask plus ``CROP_MARGIN_MM``, at least ``MIN_CROP_MM`` wide, inside the slice."""
+    box = []
+    for axis, spacing in enumerate(spacing_yx_mm):
+        hits = np.flatnonzero(lung_slice.any(axis=1 - axis))
+        n = lung_slice.shape[axis]
+        margin = int(round(CROP_MARGIN_MM / spacing))
+        low, high = hits[0] - margin, hits[-1] + 1 + margin
+        grow = max(0, int(round(MIN_CROP_MM / spacing)) - (high - low))
+        low, high = low - grow // 2, high + grow - grow // 2
+        box.append(slice(max(0, low), min(n, high)))
+    return box[0], box[1]
+
+
+def segment_lesions(
+    hu: np.ndarray,
+    lung_mask: np.ndarray,
+    spacing_mm: tuple[float, float, float],
+    model: ModelHandle | None = None,
+    batch_size: int = 16,
+) -> LesionResult:
+    """Segment GGO and consolidation in ``hu`` (int16, z-y-x) inside ``lung_mask`` (bool, z-y-x).
+
+    ``spacing_mm`` = (z, y, x) voxel size in mm sets the crop margin; ``model`` defaults to the registry's
+    "lesions" model. Only slices with lung are run.
+    """
+    if hu.shape != lung_mask.shape:
+        raise ValueError(f"hu {hu.shape} and lung_mask {lung_mask.shape} differ in shape")
+    model = model or load_model(LESION_MODEL_NAME)
+    lung_mask = np.asarray(lung_mask, bool)
+    mask = np.zeros(hu.shape, np.uint8)
+    slice_probability = np.zeros(hu.shape[0], np.float32)
+    slices = np.flatnonzero(lung_mask.any(axis=(1, 2)))
+    boxes = [crop_box(lung_mask[z], (spacing_mm[1], spacing_mm[2])) for z in slices]
+    planes = [window(hu[z][box], LESION_INPUT_WINDOW_HU) for z, box in zip(slices, boxes, strict=True)]
+    for z, box, prob in zip(slices, boxes, predict_probabilities(model, planes, batch_size), strict=True):
+        lung = lung_mask[z][box]
+        mask[z][box] = np.where(lung, prob.argmax(0), 0).astype(np.uint8)
+        slice_probability[z] = float((1.0 - prob[0])[lung].max())
+    return LesionResult(mask, slice_probability, model.version)

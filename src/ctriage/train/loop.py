@@ -1,0 +1,194 @@
+"""Training loop for the lesion networks: augmentation, losses, two stages, validation Dice.
+
+Stage 1 (pre-training, binary): pseudo-label + ACL slices (+ the MedSeg training slices as lesion vs not);
+the lesion logit is logsumexp(GGO, consolidation) - background, i.e. P(lesion) = P(GGO) + P(consolidation).
+Stage 2 (fine-tuning, three classes): the MedSeg training slices with MONAI DiceCELoss.
+The MedSeg validation slices are never trained on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from monai.losses import DiceCELoss
+from torch import nn
+
+from ctriage.evaluate.metrics import dice
+from ctriage.train.data import SliceSet
+from ctriage.train.nets import MultitaskUNet, SpaceToDepthSegmenter
+
+CLASS_HEAD_WEIGHT = 0.2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Schedule and optimiser settings; steps are optimiser steps of ``batch_size`` slices."""
+
+    pretrain_steps: int = 300
+    finetune_steps: int = 300
+    batch_size: int = 12
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    eval_every: int = 100
+
+
+@dataclass
+class TrainLog:
+    """Validation history: (stage, step, seconds since start, {metric: value}) rows."""
+
+    rows: list[tuple[str, int, float, dict[str, float]]] = field(default_factory=list)
+
+
+def augment(
+    images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random flips, rotation (+-20 deg), scale (0.8-1.25), shift and intensity changes of a batch.
+
+    ``images`` float (N, 1, H, W) in [0, 1]; ``labels`` long (N, H, W). Geometry is applied with one affine
+    grid per slice (bilinear for the image, nearest for labels); intensity gets contrast, brightness, gamma and
+    Gaussian noise, so that slices windowed a little differently (other scanners, calibration) still fit.
+    """
+    n = images.shape[0]
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(n, generator=generator)
+
+    angle = uniform(-math.pi / 9, math.pi / 9)
+    scale = torch.exp(uniform(math.log(0.8), math.log(1.25)))
+    flip_x = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+    flip_y = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = torch.cos(angle) / scale * flip_x
+    theta[:, 0, 1] = -torch.sin(angle) / scale
+    theta[:, 1, 0] = torch.sin(angle) / scale
+    theta[:, 1, 1] = torch.cos(angle) / scale * flip_y
+    theta[:, :, 2] = 0.08 * (2 * torch.rand(n, 2, generator=generator) - 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    labels = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros",
+                           align_corners=False)[:, 0].long()
+    contrast = uniform(0.75, 1.3).view(n, 1, 1, 1)
+    brightness = uniform(-0.1, 0.1).view(n, 1, 1, 1)
+    gamma = torch.exp(uniform(math.log(0.7), math.log(1.4))).view(n, 1, 1, 1)
+    images = ((images - 0.5) * contrast + 0.5 + brightness).clamp(0, 1) ** gamma
+    noise = 0.03 * torch.rand(n, 1, 1, 1, generator=generator)
+    images = images + noise * torch.randn(images.shape, generator=generator)
+    return images.clamp(0, 1), labels
+
+
+def lesion_logit(logits: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) class logits -> (N, H, W) logit of P(GGO) + P(consolidation)."""
+    return torch.logsumexp(logits[:, 1:], dim=1) - logits[:, 0]
+
+
+def binary_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """BCE + batch soft Dice on the lesion probability; ``labels`` (N, H, W) in {0, 1}."""
+    z = lesion_logit(logits)
+    target = labels.float()
+    prob = torch.sigmoid(z)
+    soft_dice = 1 - (2 * (prob * target).sum() + 1) / (prob.sum() + target.sum() + 1)
+    return F.binary_cross_entropy_with_logits(z, target) + soft_dice
+
+
+def batch_of(data: SliceSet, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slices ``index`` of ``data`` as float (N, 1, H, W) in [0, 1] and long (N, H, W) labels."""
+    images = torch.from_numpy(data.images[index].astype(np.float32) / 255.0)[:, None]
+    return images, torch.from_numpy(data.labels[index].astype(np.int64))
+
+
+def subset(data: SliceSet, names: list[str], keep: bool) -> SliceSet:
+    """The slices of ``data`` whose name is in ``names`` (``keep``) or not in it."""
+    chosen = np.array([(n in names) == keep for n in data.names])
+    return SliceSet(data.images[chosen], data.labels[chosen], [n for n, c in zip(data.names, chosen, strict=True) if c])
+
+
+@torch.no_grad()
+def predict(net: nn.Module, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """Class probabilities float32 (N, 3, H, W) for uint8 (N, H, W) slices."""
+    net.eval()
+    out = [torch.softmax(net(torch.from_numpy(images[i:i + batch_size].astype(np.float32) / 255.0)[:, None]), 1)
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out).numpy()
+
+
+def validation_dice(net: nn.Module, val: SliceSet) -> dict[str, float]:
+    """Mean per-slice Dice on the model grid: binary lesion, GGO and consolidation."""
+    classes = predict(net, val.images).argmax(1)
+    scores = {"dice_lesion": [], "dice_ggo": [], "dice_consolidation": []}
+    for pred, ref in zip(classes, val.labels, strict=True):
+        scores["dice_lesion"].append(dice(ref > 0, pred > 0))
+        scores["dice_ggo"].append(dice(ref == 1, pred == 1))
+        scores["dice_consolidation"].append(dice(ref == 2, pred == 2))
+    return {k: float(np.mean(v)) for k, v in scores.items()}
+
+
+def run_stage(
+    net: SpaceToDepthSegmenter,
+    data: SliceSet,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    steps: int,
+    config: TrainConfig,
+    evaluate: Callable[[str, int], None],
+    stage: str,
+) -> None:
+    """``steps`` AdamW steps on augmented random batches of ``data`` with a cosine learning-rate decay."""
+    if steps <= 0:
+        return
+    generator = torch.Generator().manual_seed(config.seed + len(stage))
+    rng = np.random.default_rng(config.seed + len(stage))
+    optimiser = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps)
+    head = net.body if isinstance(net.body, MultitaskUNet) else None
+    for step in range(1, steps + 1):
+        net.train()
+        images, labels = augment(*batch_of(data, rng.integers(0, len(data.images), config.batch_size)), generator)
+        logits = net(images)
+        loss = loss_fn(logits, labels)
+        if head is not None and stage == "finetune":
+            has_consolidation = (labels == 2).flatten(1).any(1).float()
+            loss = loss + CLASS_HEAD_WEIGHT * F.binary_cross_entropy_with_logits(head.last_class_logit,
+                                                                                 has_consolidation)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        if step % config.eval_every == 0 or step == steps:
+            evaluate(stage, step)
+
+
+def train_lesion_net(
+    net: SpaceToDepthSegmenter, train: SliceSet, val: SliceSet, binary: SliceSet, config: TrainConfig,
+    log: Callable[[str], None] = print,
+) -> TrainLog:
+    """Pre-train on binary slices (``binary`` + ``train`` as lesion vs not), fine-tune on ``train`` (3 classes).
+
+    Validation Dice on ``val`` is logged every ``config.eval_every`` steps; the last weights are kept (no
+    checkpoint picking on the validation set).
+    """
+    torch.manual_seed(config.seed)
+    history = TrainLog()
+    start = time.perf_counter()
+
+    def evaluate(stage: str, step: int) -> None:
+        scores = validation_dice(net, val)
+        elapsed = time.perf_counter() - start
+        history.rows.append((stage, step, elapsed, scores))
+        log(f"{stage} step {step} {elapsed:.0f}s " + " ".join(f"{k}={v:.3f}" for k, v in scores.items()))
+
+    pretrain = SliceSet(
+        np.concatenate([binary.images, train.images]),
+        np.concatenate([binary.labels, (train.labels > 0).astype(np.uint8)]),
+        binary.names + train.names,
+    )
+    run_stage(net, pretrain, binary_loss, config.pretrain_steps, config, evaluate, "pretrain")
+    dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    run_stage(net, train, lambda logits, labels: dice_ce(logits, labels[:, None]), config.finetune_steps, config,
+              evaluate, "finetune")
+    return history

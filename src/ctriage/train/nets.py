@@ -1,0 +1,79 @@
+"""Lesion segmentation networks, selectable by name; all map (N, 1, H, W) in [0, 1] to (N, 3, H, W) logits.
+
+CPU speed drives the design: every network runs its U-shaped body at half resolution on a lossless
+space-to-depth view of the input (PixelUnshuffle, 2x2 pixels -> 4 channels) and turns 4 x 3 output channels
+back into full-resolution logits (PixelShuffle). Batch norm + ReLU fold into the convolutions in ONNX Runtime.
+
+* ``unet``      MONAI BasicUNet.
+* ``unetpp``    MONAI BasicUNetPlusPlus (nested skip connections).
+* ``multitask`` BasicUNet whose top decoder feature map also feeds a "slice has consolidation" classification
+  head (all training slices carry some lesion, so presence of consolidation is the informative slice label;
+  the head is used in training only, the exported graph returns the segmentation logits).
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.nets import BasicUNet, BasicUNetPlusPlus
+from torch import nn
+
+NUM_CLASSES = 3  # 0 background, 1 GGO, 2 consolidation
+DEFAULT_FEATURES = (12, 24, 48, 96, 192, 12)
+NET_NAMES = ("unet", "unetpp", "multitask")
+
+
+class SpaceToDepthSegmenter(nn.Module):
+    """Wraps a 2D segmentation body so that it runs at half resolution without discarding input pixels."""
+
+    def __init__(self, body: nn.Module, in_channels: int = 1):
+        super().__init__()
+        self.in_channels = in_channels
+        self.down = nn.PixelUnshuffle(2)
+        self.body = body
+        self.up = nn.PixelShuffle(2)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) with H, W even -> (N, 3, H, W) logits."""
+        out = self.body(self.down(image))
+        if isinstance(out, list | tuple):  # BasicUNetPlusPlus returns a list of deep-supervision heads
+            out = out[0]
+        return self.up(out)
+
+
+class MultitaskUNet(BasicUNet):
+    """BasicUNet with a classification head (global average pool + linear) on its top decoder feature map."""
+
+    def __init__(self, in_channels: int, out_channels: int, features: tuple[int, ...]):
+        super().__init__(spatial_dims=2, in_channels=in_channels, out_channels=out_channels, features=features,
+                         norm="batch", act="relu")
+        self.classifier = nn.Linear(features[5], 1)
+        self.last_class_logit: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Segmentation logits; the class logit (N,) of the same pass is kept in ``last_class_logit``."""
+        x0 = self.conv_0(x)
+        x1 = self.down_1(x0)
+        x2 = self.down_2(x1)
+        x3 = self.down_3(x2)
+        x4 = self.down_4(x3)
+        u3 = self.upcat_4(x4, x3)
+        u2 = self.upcat_3(u3, x2)
+        u1 = self.upcat_2(u2, x1)
+        u0 = self.upcat_1(u1, x0)
+        if self.training:
+            self.last_class_logit = self.classifier(u0.mean(dim=(2, 3)))[:, 0]
+        return self.final_conv(u0)
+
+
+def build_net(name: str, features: tuple[int, ...] = DEFAULT_FEATURES, in_channels: int = 1) -> SpaceToDepthSegmenter:
+    """The network called ``name`` (one of :data:`NET_NAMES`) with MONAI feature widths ``features``."""
+    body_in, body_out = 4 * in_channels, 4 * NUM_CLASSES
+    if name == "unet":
+        body: nn.Module = BasicUNet(2, body_in, body_out, features=features, norm="batch", act="relu")
+    elif name == "unetpp":
+        body = BasicUNetPlusPlus(2, body_in, body_out, features=features, norm="batch", act="relu")
+    elif name == "multitask":
+        body = MultitaskUNet(body_in, body_out, features)
+    else:
+        raise ValueError(f"unknown lesion network {name!r}; choose one of {', '.join(NET_NAMES)}")
+    return SpaceToDepthSegmenter(body, in_channels)
