@@ -8,7 +8,7 @@ from datetime import date, timedelta
 
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_role, evt
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (
     CTImageStorage,
@@ -126,8 +126,9 @@ def retrieve_study(config: ServiceConfig, store: StudyStore, study_uid: str) -> 
     else:
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
         storage = (CTImageStorage, EnhancedCTImageStorage)
-        for sop_class in storage:
-            ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        for sop_class in storage:  # one context per transfer syntax, so the PACS can send files as stored
+            for syntax in ALL_TRANSFER_SYNTAXES:
+                ae.add_requested_context(sop_class, [syntax])
         assoc = _associate(
             ae,
             config.pacs,
