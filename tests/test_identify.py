@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from ctriage.identify import (
-    DEFAULT_ONNX,
     Identification,
     IdentificationModel,
     aggregate,
@@ -16,6 +15,7 @@ from ctriage.identify import (
     lesion_features,
     model_inputs,
 )
+from ctriage.models.registry import ModelNotFoundError
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 MEDSEG = DATA / "medseg_infnet_2d" / "TrainingSet" / "MultiClassInfection-Train"
@@ -85,9 +85,10 @@ def test_model_inputs_order_and_log_transform() -> None:
 
 @pytest.fixture(scope="module")
 def model() -> IdentificationModel:
-    if not DEFAULT_ONNX.is_file():
-        pytest.skip(f"identification model not installed at {DEFAULT_ONNX}")
-    return IdentificationModel()
+    try:
+        return IdentificationModel()
+    except ModelNotFoundError as error:
+        pytest.skip(f"identification model not installed: {error}")
 
 
 def test_identify_on_real_slices_with_reference_lesion_masks(model: IdentificationModel) -> None:

@@ -13,23 +13,21 @@ is a volume of one slice) and applied to a study slice by slice:
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+
+from ctriage.models.registry import ModelHandle, load_model
 
 MIN_SLICE_LUNG_FRACTION = 0.25
 TOP_SLICE_FRACTION = 0.05
 BILATERAL_MIN_RATIO = 0.005  # a lung counts as involved when at least 0.5 % of it is lesion
 PERIPHERAL_DEPTH = 1.0 / 3.0  # outer third of each lung's in-plane depth (distance to the lung border)
 LOG_RATIO_FLOOR = 1e-3
-GGO, CONSOLIDATION = 1, 2
-
-DEFAULT_ONNX = Path(__file__).parent / "models" / "weights" / "identification.onnx"
-DEFAULT_CARD = Path(__file__).parent / "models" / "cards" / "identification.json"
+GGO = 1
+MODEL_NAME = "identification"
 
 
 @dataclass(frozen=True)
@@ -147,16 +145,18 @@ def model_inputs(features: dict[str, float], input_names: list[str]) -> np.ndarr
 
 
 class IdentificationModel:
-    """The logistic feature model: ONNX graph ("features" (N, F) -> "probability" (N, 1)) plus its card."""
+    """The logistic feature model: ONNX graph ("features" (N, F) -> "probability" (N, 1)) plus its card.
 
-    def __init__(self, onnx_path: Path = DEFAULT_ONNX, card_path: Path = DEFAULT_CARD) -> None:
-        import onnxruntime as ort
+    ``handle`` defaults to the registry's "identification" model (``ModelNotFoundError``, a
+    ``FileNotFoundError``, when none is installed).
+    """
 
-        card = json.loads(Path(card_path).read_text())
-        self.input_names: list[str] = list(card["inputs"]["features"])
-        self.threshold = float(card["operating_point"]["threshold"])
-        self.version = str(card["version"])
-        self._session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    def __init__(self, handle: ModelHandle | None = None) -> None:
+        handle = handle or load_model(MODEL_NAME)
+        self.input_names: list[str] = list(handle.card["inputs"]["features"])
+        self.threshold = float(handle.card["operating_point"]["threshold"])
+        self.version = handle.version
+        self._session = handle.session
 
     def predict(self, inputs: np.ndarray) -> np.ndarray:
         """Probabilities in [0, 1] for rows of ``inputs`` (N, F) built by :func:`model_inputs`."""

@@ -32,6 +32,7 @@ from ctriage.preprocess import LESION_INPUT_WINDOW_HU
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MIN_LUNG_AREA_FRACTION = 0.01  # a dark component smaller than 1 % of the image is not a lung
+NOMINAL_FOV_MM = 350.0  # a chest CT's usual display field of view, for slices without spacing
 CLOSING_FRACTION = 0.02  # closing radius as a fraction of the image's long side (takes in vessels, lesions)
 
 
@@ -199,15 +200,20 @@ def slice_masks(path: Path, segmenter: SliceSegmenter) -> tuple[np.ndarray, np.n
     return lesion, left, right
 
 
-def lesion_model_segmenter(pixel_mm: float = 0.7) -> SliceSegmenter:
+def lesion_model_segmenter() -> SliceSegmenter:
     """Slice segmenter over :func:`ctriage.lesions.segment_lesions` (the installed lesion model).
 
-    The slices carry no spacing; ``pixel_mm`` is a nominal in-plane pixel size in mm (ratios do not use it).
+    The slices carry no spacing: the pixel size is taken as ``NOMINAL_FOV_MM`` over the long side, which only
+    sets the lesion model's crop margin (the features are ratios).
     """
     from ctriage.lesions import segment_lesions
+    from ctriage.models.registry import load_model
+
+    model = load_model("lesions")
 
     def segment(hu: np.ndarray, lung: np.ndarray) -> np.ndarray:
-        return segment_lesions(hu[None], lung[None], (1.0, pixel_mm, pixel_mm)).mask[0]
+        pixel_mm = NOMINAL_FOV_MM / max(hu.shape)
+        return segment_lesions(hu[None], lung[None], (1.0, pixel_mm, pixel_mm), model=model).mask[0]
 
     return segment
 
