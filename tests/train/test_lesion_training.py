@@ -1,0 +1,69 @@
+"""Training side (needs torch + MONAI): nets, ONNX export agreement, augmentation, data cropping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("monai")
+
+from ctriage.models.registry import ModelHandle  # noqa: E402
+from ctriage.train.data import lung_bounding_box, validation_names  # noqa: E402
+from ctriage.train.export import export_onnx  # noqa: E402
+from ctriage.train.loop import augment, binary_loss, lesion_logit  # noqa: E402
+from ctriage.train.nets import NET_NAMES, build_net  # noqa: E402
+
+
+@pytest.mark.parametrize("name", NET_NAMES)
+def test_nets_map_image_to_three_class_logits(name):
+    net = build_net(name, features=(4, 8, 8, 8, 8, 4)).eval()
+    assert net(torch.zeros(2, 1, 64, 64)).shape == (2, 3, 64, 64)
+
+
+def test_onnx_and_torch_agree(tmp_path):
+    torch.manual_seed(0)
+    net = build_net("unet", features=(4, 8, 16, 16, 32, 4))
+    with torch.no_grad():  # non-trivial batch-norm statistics so that folding them is exercised
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    onnx_path = export_onnx(net, tmp_path / "lesions.onnx", input_size=64)
+    handle = ModelHandle.from_files(onnx_path, {"name": "lesions", "version": "t", "input": {"size_px": 64}})
+    batch = np.random.default_rng(0).random((3, 1, 64, 64), dtype=np.float32)  # dynamic batch size
+    with torch.no_grad():
+        expected = net.eval()(torch.from_numpy(batch)).numpy()
+    np.testing.assert_allclose(handle.run(batch), expected, atol=1e-4)
+
+
+def test_augment_keeps_labels_and_range():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 1, 32, 32)
+    labels = torch.randint(0, 3, (4, 32, 32))
+    out_images, out_labels = augment(images, labels, generator)
+    assert out_images.shape == images.shape and out_labels.shape == labels.shape
+    assert float(out_images.min()) >= 0 and float(out_images.max()) <= 1
+    assert set(out_labels.unique().tolist()) <= {0, 1, 2}
+
+
+def test_lesion_logit_is_probability_of_ggo_plus_consolidation():
+    logits = torch.randn(2, 3, 4, 4)
+    probabilities = torch.softmax(logits, 1)
+    torch.testing.assert_close(torch.sigmoid(lesion_logit(logits)), probabilities[:, 1] + probabilities[:, 2])
+    assert float(binary_loss(logits, torch.zeros(2, 4, 4, dtype=torch.long))) > 0
+
+
+def test_validation_split_is_fixed():
+    names = [str(i) for i in range(50)]
+    assert validation_names(names, 10, 0) == validation_names(list(reversed(names)), 10, 0)
+    assert len(set(validation_names(names, 10, 0))) == 10
+
+
+def test_lung_bounding_box_of_uncropped_slice():
+    image = np.zeros((200, 200), np.uint8)
+    image[20:180, 10:190] = 120  # body
+    image[50:150, 30:90] = 10  # lungs
+    image[50:150, 110:170] = 10
+    rows, cols = lung_bounding_box(image, margin_fraction=0.0)
+    assert (rows.start, rows.stop, cols.start, cols.stop) == (50, 150, 30, 170)
