@@ -1,0 +1,106 @@
+"""Speed and memory of `ctriage analyze` on real studies: seconds per stage, total, peak RSS.
+
+Runs each case in a fresh process (so peak RSS is that case's own) on the cores given (default 2, the CI and
+target size), and prints a Markdown table. Cases: COVID-CT-MD P001 (148 x 512 x 512, JPEG-LS) and a 300-slice
+512 x 512 JPEG-LS series made by repeating P001's compressed slices at new positions (P001 then P001 again
+below it), so decoding is measured on real compressed data.
+
+    python benchmarks/analyze_speed.py [--cores 2] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+P001 = REPO.parent / "shared" / "data" / "ct_volumes" / "covidctmd_P001_covid19" / "dicom"
+STAGES = ("load", "lungs", "lesions", "identification", "severity", "report")
+
+
+def make_300_slice_series(target: Path) -> Path:
+    """Write a 300-slice series: P001's 148 slices, again 148 below them, and 4 more, positions 2 mm apart."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    files = sorted(
+        P001.iterdir(), key=lambda f: -float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2])
+    )
+    target.mkdir(parents=True, exist_ok=True)
+    series_uid, top = generate_uid(), None
+    for index in range(300):
+        ds = pydicom.dcmread(files[index % len(files)])
+        top = float(ds.ImagePositionPatient[2]) if top is None else top
+        ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], top - 2.0 * index]
+        ds.SliceLocation = top - 2.0 * index
+        ds.InstanceNumber = index + 1
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(target / f"slice_{(index * 7919) % 300:03d}.dcm")  # names out of slice order, as in P001
+    return target
+
+
+def run_case(path: Path) -> dict:
+    """Analyse ``path`` in this process; return timings per stage and peak RSS (MiB)."""
+    import resource
+    import time
+
+    from ctriage.pipeline import analyze_path
+    from ctriage.report import write_outputs
+
+    start = time.perf_counter()
+    result = analyze_path(path)
+    with tempfile.TemporaryDirectory() as outdir:
+        report_start = time.perf_counter()
+        write_outputs(result, Path(outdir))
+        result.timings_s["report"] = time.perf_counter() - report_start
+    total = time.perf_counter() - start
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"slices": result.volume.shape[0], "timings_s": result.timings_s, "total_s": total, "peak_rss_mib": peak_mib}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="runs per case; the fastest is reported")
+    parser.add_argument("--case", type=Path, help=argparse.SUPPRESS)  # internal: run one case and print JSON
+    args = parser.parse_args()
+    if args.case is not None:
+        print(json.dumps(run_case(args.case)))
+        return
+    if not P001.exists():
+        sys.exit(f"benchmark data not found: {P001}")
+    cpus = ",".join(str(c) for c in sorted(os.sched_getaffinity(0))[: args.cores])
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.cores))
+    with tempfile.TemporaryDirectory() as scratch:
+        cases = {"P001 (148 slices)": P001, "300 slices": make_300_slice_series(Path(scratch) / "s300")}
+        rows = []
+        for name, path in cases.items():
+            runs = []
+            for _ in range(args.repeats):
+                out = subprocess.run(
+                    ["taskset", "-c", cpus, sys.executable, __file__, "--case", str(path)],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    check=True,
+                )
+                runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            rows.append((name, min(runs, key=lambda r: r["total_s"])))
+    header = "| case | " + " | ".join(STAGES) + " | total s | peak RSS MiB |"
+    print(f"{args.cores} cores ({cpus}), best of {args.repeats}\n")
+    print(header)
+    print("|" + "---|" * (len(STAGES) + 3))
+    for name, run in rows:
+        cells = [f"{run['timings_s'].get(stage, 0.0):.2f}" for stage in STAGES]
+        print(f"| {name} | " + " | ".join(cells) + f" | {run['total_s']:.2f} | {run['peak_rss_mib']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
