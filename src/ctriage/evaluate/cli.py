@@ -96,3 +96,28 @@ def lesions_command(
     typer.echo(f"{'mean':<24}" + cells(report["mean"]))
     if json_out is not None:
         json_out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+@app.command("slices")
+def slices_command(
+    study: Annotated[Path, typer.Option(help="DICOM series folder of one study.")],
+    labels: Annotated[Path, typer.Option(help="CSV with a 'file' column and a per-slice label column.")],
+    column: Annotated[str, typer.Option(help="Label column: 1 = slice shows infection.")] = "infection",
+    min_area_mm2: Annotated[float, typer.Option(help="Lesion area that makes a slice positive, mm^2.")] = 25.0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the numbers as JSON here.")] = None,
+) -> None:
+    """Slice-level sensitivity / specificity of the whole pipeline's lesions against per-slice labels."""
+    from ctriage.evaluate.slices import read_slice_labels, slice_agreement
+    from ctriage.pipeline import analyze_path
+
+    result = analyze_path(study)
+    if result.volume.slice_files is None:
+        raise typer.BadParameter("slice labels need a single-frame DICOM series (file names per slice)")
+    reference = read_slice_labels(labels, result.volume.slice_files, column)
+    agreement = slice_agreement(result.lesion_mask, result.volume.spacing_mm, reference, min_area_mm2)
+    typer.echo(
+        f"sensitivity {agreement.sensitivity:.3f} ({agreement.n_positive} labelled slices), "
+        f"specificity {agreement.specificity:.3f} ({agreement.n_negative} unlabelled slices)"
+    )
+    if json_out is not None:
+        json_out.write_text(json.dumps(agreement.to_dict(), indent=2) + "\n")
