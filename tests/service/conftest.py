@@ -7,6 +7,7 @@ import socket
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
@@ -57,3 +58,37 @@ def copy_series(series: Path, target: Path) -> Path:
     """A private copy of a series folder (tests that damage or move files use it)."""
     shutil.copytree(series, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def lesion_mask(ct_series: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fixed GGO / consolidation label NIfTI on the example CT's grid (the pipeline clips it to the lungs)."""
+    from ctriage.io import load_volume
+    from ctriage.io.nifti import save_nifti
+
+    volume = load_volume(ct_series)
+    labels = np.zeros(volume.shape, np.uint8)
+    labels[:, 150:350, 60:250] = 1
+    labels[:, 250:350, 300:450] = 2
+    return save_nifti(labels, volume.affine, tmp_path_factory.mktemp("mask") / "lesions.nii.gz")
+
+
+@pytest.fixture
+def analyze(lesion_mask: Path):
+    """The real pipeline with a given lesion mask in place of the lesion model (deterministic, model-free)."""
+    from ctriage.pipeline import analyze_path
+
+    def run(path: Path, progress=None):
+        return analyze_path(path, lesion_mask=lesion_mask, progress=progress)
+
+    return run
+
+
+def store_series(store, folder: Path, files: list[Path] | None = None, source: str = "push") -> str:
+    """Store the files of a series as the listener would; returns the StudyInstanceUID."""
+    study_uid = ""
+    for path in files or sorted(folder.iterdir()):
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        store.add_instance(path.read_bytes(), header, "SCANNER1", source)
+        study_uid = str(header.StudyInstanceUID)
+    return study_uid

@@ -1,0 +1,133 @@
+"""Analysis jobs over the real pipeline and a real SQLite file: results, failures with reasons, restarts, sending.
+
+The worker is driven with ``run_once`` (no threads, no sleeps), so nothing here depends on timing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pydicom
+import pytest
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from sqlalchemy import select
+
+from ctriage.service.config import DicomNode
+from ctriage.service.db import DONE, FAILED, QUEUED, RECEIVING, RUNNING, Study, claim_next, requeue
+from ctriage.service.runtime import Service
+from tests.service.conftest import free_port, store_series
+
+
+def _study(service: Service) -> Study:
+    with service.sessions() as session:
+        (study,) = session.scalars(select(Study)).all()
+        return study
+
+
+def test_received_study_is_analysed_with_all_outputs(config, ct_series: Path, analyze):
+    service = Service.create(config, analyze)
+    store_series(service.store, ct_series)
+    assert service.worker.run_once()
+    study = _study(service)
+    assert study.status == DONE, study.error
+    assert study.report["study"]["patient_id"] == "CTRIAGE-TEST"
+    assert study.ct_category == study.report["severity"]["ct_category"]
+    result_dir = Path(study.result_dir)
+    for name in ("report.json", "projection.png", "lungs.nii.gz", "lesions.nii.gz", "hu.npy", "lesion.npy"):
+        assert (result_dir / name).is_file(), name
+    assert sorted(p.name for p in (result_dir / "dicom").iterdir()) == ["sc.dcm", "seg.dcm", "sr.dcm"]
+    assert not service.worker.run_once()  # nothing left
+
+
+def test_failure_is_recorded_keeps_the_files_and_recovers(config, ct_series: Path, analyze):
+    service = Service.create(config, analyze)
+    files = sorted(ct_series.iterdir())
+    store_series(service.store, ct_series, files[:3])
+    service.worker.run_once()
+    study = _study(service)
+    assert study.status == FAILED and "slices" in study.error  # too few slices for a volume
+    assert len(list(Path(study.path).rglob("*.dcm"))) == 3  # nothing received is deleted
+    assert requeue(service.sessions, study.id)
+    service.worker.run_once()
+    assert (_study(service).status, _study(service).attempts) == (FAILED, 2)
+    store_series(service.store, ct_series, files[3:])  # the rest of the series arrives late
+    assert _study(service).status == RECEIVING
+    service.worker.run_once()
+    assert _study(service).status == DONE and _study(service).error == ""
+
+
+def test_internal_errors_become_failed_jobs_with_the_reason(config, ct_series: Path):
+    def broken(path: Path, progress=None):
+        raise MemoryError("out of memory in the lesion model")
+
+    service = Service.create(config, broken)
+    store_series(service.store, ct_series)
+    service.worker.run_once()
+    study = _study(service)
+    assert study.status == FAILED
+    assert study.error == "internal error: MemoryError: out of memory in the lesion model"
+
+
+def test_restart_finishes_interrupted_and_waiting_studies(config, ct_series: Path, analyze):
+    before = Service.create(replace(config, quiet_period_s=3600), analyze)
+    store_series(before.store, ct_series)
+    before.store.queue_now(_study(before).study_uid)
+    assert claim_next(before.sessions).status == RUNNING  # the process dies while analysing
+    before.sessions.kw["bind"].dispose()
+
+    after = Service.create(config, analyze)
+    after.start(listen=False, work=False)
+    assert _study(after).status == QUEUED
+    after.worker.run_once()
+    assert _study(after).status == DONE
+
+
+def test_instances_arriving_during_analysis_cause_a_new_analysis(config, ct_series: Path, analyze):
+    files = sorted(ct_series.iterdir())
+    holder: dict[str, Service] = {}
+
+    def analyse_while_receiving(path: Path, progress=None):
+        store_series(holder["service"].store, ct_series, files[-1:])
+        return analyze(path, progress)
+
+    service = holder["service"] = Service.create(config, analyse_while_receiving)
+    store_series(service.store, ct_series, files[:-1])
+    service.worker.run_once()
+    assert _study(service).status == RECEIVING and _study(service).n_instances == 20
+
+
+@pytest.fixture
+def archive(config):
+    """A plain pynetdicom storage SCP standing in for the results destination; collects what it receives."""
+    received: list[pydicom.Dataset] = []
+
+    def on_store(event):
+        received.append(event.dataset)
+        return 0x0000
+
+    ae = AE(ae_title="ARCHIVE")
+    ae.supported_contexts = AllStoragePresentationContexts
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    yield DicomNode("ARCHIVE", "127.0.0.1", port), received
+    server.shutdown()
+
+
+def test_results_are_sent_to_the_destination(config, ct_series: Path, analyze, archive):
+    node, received = archive
+    service = Service.create(replace(config, destination=node), analyze)
+    store_series(service.store, ct_series)
+    service.worker.run_once()
+    study = _study(service)
+    assert study.send_status.startswith("sent 3 objects to ARCHIVE@127.0.0.1"), study.send_status
+    assert sorted(ds.Modality for ds in received) == ["OT", "SEG", "SR"]
+    assert {ds.StudyInstanceUID for ds in received} == {study.study_uid}
+
+
+def test_unreachable_destination_is_recorded(config, ct_series: Path, analyze):
+    service = Service.create(replace(config, destination=DicomNode("NOBODY", "127.0.0.1", free_port())), analyze)
+    store_series(service.store, ct_series)
+    service.worker.run_once()
+    study = _study(service)
+    assert study.status == DONE and study.send_status.startswith("failed: cannot open an association")
