@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Annotated
 
@@ -13,18 +12,17 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from ctriage import __version__
 from ctriage.evaluate.cli import app as evaluate_app
 from ctriage.io import InputError, find_studies
+from ctriage.service.cli import app as service_app
 from ctriage.train.cli import app as train_app
+from ctriage.triage_cli import app as triage_app
 
 app = typer.Typer(
     help="ctriage: chest CT triage for COVID-19 pneumonia.", no_args_is_help=True, pretty_exceptions_enable=False
 )
 app.add_typer(train_app, name="train")
 app.add_typer(evaluate_app, name="evaluate")
-for module, name in (("ctriage.triage_cli", None), ("ctriage.service.cli", None)):
-    try:  # edge commands that are optional in a minimal install
-        app.add_typer(importlib.import_module(module).app, name=name)
-    except (ImportError, AttributeError):
-        pass
+app.add_typer(triage_app)
+app.add_typer(service_app)
 
 console = Console(stderr=True, soft_wrap=True)
 EXIT_BAD_INPUT = 2
