@@ -79,7 +79,8 @@ def test_retry_failed_study(client: TestClient, service: Service, ct_series: Pat
     service.worker.run_once()
     failed = client.get(f"/api/studies/{study_id}").json()
     assert failed["status"] == FAILED and failed["error"]
-    assert client.post(f"/api/studies/{study_id}/review", json={"decision": "confirmed", "user": "x"}).status_code == 409
+    confirm = {"decision": "confirmed", "user": "x"}
+    assert client.post(f"/api/studies/{study_id}/review", json=confirm).status_code == 409
     assert client.post(f"/api/studies/{study_id}/retry").json()["status"] == "queued"
     assert client.post(f"/api/studies/{study_id}/retry").status_code == 409  # already queued
     assert client.post("/api/studies/999/retry").status_code == 404

@@ -8,7 +8,7 @@ from datetime import date, timedelta
 
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, build_role, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (
     CTImageStorage,
