@@ -59,3 +59,48 @@ def write_series(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def write_multiframe(path: Path, z_positions_mm: list[float], shape: tuple[int, int] = (24, 24)) -> Path:
+    """Write an Enhanced CT (multi-frame) object: frame k has pixel value 1000 + 10 k, frames stored in the
+    order given (positions need not be sorted), rescale intercept -1024 in a per-frame functional group."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import EnhancedCTImageStorage
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = EnhancedCTImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality = "CT"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
+    ds.PatientID = "SYNMF"
+    ds.NumberOfFrames = len(z_positions_mm)
+    ds.Rows, ds.Columns = shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    shared = Dataset()
+    orientation, measures = Dataset(), Dataset()
+    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    measures.PixelSpacing = [0.5, 0.5]
+    measures.SliceThickness = 1.5
+    shared.PlaneOrientationSequence = Sequence([orientation])
+    shared.PixelMeasuresSequence = Sequence([measures])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for z in z_positions_mm:
+        frame, position, transform = Dataset(), Dataset(), Dataset()
+        position.ImagePositionPatient = [0.0, 0.0, float(z)]
+        transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = 1, -1024, "HU"
+        frame.PlanePositionSequence = Sequence([position])
+        frame.PixelValueTransformationSequence = Sequence([transform])
+        frames.append(frame)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    ds.PixelData = np.stack([np.full(shape, 1000 + 10 * k, np.uint16) for k in range(len(z_positions_mm))]).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path

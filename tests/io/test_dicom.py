@@ -19,7 +19,7 @@ from ctriage.io import (
     load_volume,
 )
 from tests.conftest import A0001_DICOM, P001_LABELS, require
-from tests.io.dicom_factory import write_series
+from tests.io.dicom_factory import write_multiframe, write_series
 
 Z_20 = [float(z) for z in np.arange(20) * 2.0]
 
@@ -113,3 +113,26 @@ def test_a0001_whole_chest():
     assert volume.shape == (64, 512, 512)
     assert volume.spacing_mm == pytest.approx((5.0, 0.841796875, 0.841796875))
     assert volume.meta.patient_id == "Lung_Dx-A0001"
+
+
+def test_enhanced_multiframe_ct(tmp_path):
+    positions = [1.5 * k for k in (3, 0, 1, 2, 5, 4, 6, 7, 9, 8, 10, 11)]
+    write_multiframe(tmp_path / "enhanced.dcm", positions)
+    volume = load_volume(tmp_path / "enhanced.dcm")
+    assert volume.shape == (12, 24, 24)
+    assert volume.spacing_mm == pytest.approx((1.5, 0.5, 0.5))
+    # head first: the frame at the highest z (16.5 mm, stored 12th) comes first
+    by_position = sorted(range(12), key=lambda k: -positions[k])
+    assert volume.hu[:, 0, 0].tolist() == [-24 + 10 * k for k in by_position]
+
+
+def test_nifti_orientation_matches_dicom(tmp_path):
+    """A volume written as NIfTI and read back keeps values, spacing and LPS affine."""
+    from ctriage.io.nifti import save_nifti
+
+    write_series(tmp_path / "s", Z_20)
+    volume = load_volume(tmp_path / "s")
+    back = load_volume(save_nifti(volume.hu, volume.affine, tmp_path / "v.nii.gz"))
+    assert np.array_equal(back.hu, volume.hu)
+    assert back.spacing_mm == pytest.approx(volume.spacing_mm)
+    assert np.allclose(back.affine, volume.affine)
