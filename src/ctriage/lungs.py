@@ -139,17 +139,19 @@ def split_left_right(lungs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if parts is not None:
         part1, part2 = parts[0], lungs & ~parts[0]
     else:
-        core = lungs
-        for _ in range(12):
-            core = ndimage.binary_erosion(core)
-            parts = _two_largest(core)
+        box = ndimage.find_objects(lungs.astype(np.uint8))[0] if lungs.any() else (slice(0, 0),) * 3
+        crop = lungs[box]
+        depth = ndimage.distance_transform_edt(crop)  # voxels to the background: erosion depth
+        for level in range(1, 13):
+            parts = _two_largest(depth > level)
             if parts is not None:
                 break
+        part1, part2 = np.zeros_like(lungs), np.zeros_like(lungs)
         if parts is not None:
             markers = parts[0].astype(np.int8) + 2 * parts[1].astype(np.int8)
             _, indices = ndimage.distance_transform_edt(markers == 0, return_indices=True)
             nearest = markers[tuple(indices)]
-            part1, part2 = lungs & (nearest == 1), lungs & (nearest == 2)
+            part1[box], part2[box] = crop & (nearest == 1), crop & (nearest == 2)
         else:
             xs = np.arange(lungs.shape[2])[None, None, :]
             part1 = lungs & (xs >= ndimage.center_of_mass(lungs)[2])
