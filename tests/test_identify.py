@@ -15,12 +15,11 @@ from ctriage.identify import (
     lesion_features,
     model_inputs,
 )
-from ctriage.models.registry import ModelNotFoundError
+from ctriage.models.registry import ModelNotFoundError, load_model
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 MEDSEG = DATA / "medseg_infnet_2d" / "TrainingSet" / "MultiClassInfection-Train"
 LUNA = DATA / "identification_slices" / "ucsd_luna16_noncovid" / "NonCOVID"
-LESION_ONNX = Path(__file__).resolve().parents[1] / "src" / "ctriage" / "models" / "weights" / "lesions.onnx"
 
 
 def two_lungs(shape: tuple[int, int] = (20, 40)) -> tuple[np.ndarray, np.ndarray]:
@@ -122,8 +121,10 @@ def _palette(path: Path) -> np.ndarray:
 
 
 def test_identify_on_a_real_slice_with_the_lesion_model(model: IdentificationModel) -> None:
-    if not LESION_ONNX.is_file():
-        pytest.skip(f"lesion model not installed at {LESION_ONNX}")
+    try:
+        load_model("lesions")
+    except ModelNotFoundError as error:
+        pytest.skip(f"lesion model not installed: {error}")
     if not MEDSEG.is_dir():
         pytest.skip(f"shared real data not found under {DATA.resolve()}")
     from ctriage.evaluate.identification import lesion_model_segmenter, slice_masks

@@ -214,6 +214,11 @@ def validate(table: FeatureTable, input_names: list[str]) -> dict[str, object]:
     }
 
 
+def mean_loso_auc(validation: dict[str, object]) -> float:
+    """Mean ROC AUC over the leave-one-source-out folds of a :func:`validate` result."""
+    return float(np.mean([fold["auc"] for fold in validation["leave_one_source_out"].values()]))
+
+
 def export_onnx(model: Logistic, path: Path) -> None:
     """Write ``model`` as ONNX: nn.Linear(F, 1) + Sigmoid, input "features" (N, F), output "probability" (N, 1)."""
     import torch
@@ -237,8 +242,9 @@ def train(
     table_cache: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, object]:
-    """Features (cached in ``table_cache`` when given), validation of the full and the baseline inputs,
-    final fit on all slices at the cross-validated operating point, ONNX + card. Returns the card."""
+    """Features (cached in ``table_cache`` when given), validation of all features and of the lesion ratio
+    alone, the better one across sources fitted on all slices at its cross-validated operating point, ONNX +
+    card. Returns the card."""
     if table_cache is not None and Path(table_cache).is_file():
         table = load_table(table_cache)
     else:
@@ -247,24 +253,30 @@ def train(
             save_table(table, table_cache)
     log(f"features of {len(table.labels)} slices ({int(table.labels.sum())} COVID-19)")
     full, baseline = validate(table, INPUT_NAMES), validate(table, BASELINE_INPUT)
-    model = fit_logistic(table.matrix(INPUT_NAMES), table.labels)
+    chosen = full if mean_loso_auc(full) > mean_loso_auc(baseline) else baseline
+    inputs = list(chosen["inputs"])
+    log(f"leave-one-source-out mean AUC: all features {mean_loso_auc(full):.3f}, lesion ratio only "
+        f"{mean_loso_auc(baseline):.3f}; exporting {inputs}")
+    model = fit_logistic(table.matrix(inputs), table.labels)
     export_onnx(model, out_onnx)
     card = {
         "name": "identification",
         "version": f"identification-{datetime.now(UTC):%Y%m%d}-on-{lesion_model_version}",
         "task": "COVID-19 vs non-COVID from lesion-mask features (logistic regression)",
-        "inputs": {"features": INPUT_NAMES},
+        "inputs": {"features": inputs},
         "outputs": {"probability": "COVID-19 probability in [0, 1]"},
         "lesion_model_version": lesion_model_version,
-        "weights": {"coefficients": dict(zip(INPUT_NAMES, model.weights.tolist(), strict=True)),
+        "weights": {"coefficients": dict(zip(inputs, model.weights.tolist(), strict=True)),
                     "intercept": model.bias},
+        "selection": "the input set with the higher mean leave-one-source-out AUC (all features vs lesion ratio)",
         "operating_point": {
-            "threshold": full["cross_validated_threshold"],
+            "threshold": chosen["cross_validated_threshold"],
             "rule": f"max specificity with sensitivity >= {MIN_SENSITIVITY} on patient-grouped "
                     f"{N_FOLDS}-fold out-of-fold probabilities",
         },
-        "validation": full,
-        "baseline_lesion_ratio_only": baseline,
+        "validation": chosen,
+        "validation_all_features": full,
+        "validation_lesion_ratio_only": baseline,
         "aggregation": "study probability = mean of the top 5 % slice probabilities over slices with lung area"
                        " >= 25 % of the largest lung slice (ctriage.identify)",
         "training_data": "shared/data/identification_slices (UCSD COVID-CT + LUNA16 slices), all splits",
