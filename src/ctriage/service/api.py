@@ -128,11 +128,8 @@ def create_app(service: Service) -> FastAPI:
         n_slices = 0
         if study.status == DONE and study.result_dir and (Path(study.result_dir) / "hu.npy").exists():
             n_slices = int(_viewer_arrays(study.result_dir)[0].shape[0])
-        files = (
-            sorted(p.name for p in Path(study.result_dir).iterdir() if p.is_file())
-            if study.result_dir
-            else []
-        )
+        folder = Path(study.result_dir) if study.result_dir else None
+        files = sorted(p.name for p in folder.iterdir() if p.is_file()) if folder and folder.is_dir() else []
         return {
             **study.summary(),
             "report": study.report,

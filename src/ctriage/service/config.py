@@ -74,7 +74,7 @@ class ServiceConfig:
 
     @property
     def results_dir(self) -> Path:
-        """Analysis outputs, one folder per job id."""
+        """Analysis outputs, one folder per study id and attempt."""
         return self.data_dir / "results"
 
 

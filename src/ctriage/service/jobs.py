@@ -109,7 +109,7 @@ class Worker:
 
     def process(self, study: Study) -> None:
         """Analyse one claimed study and record the outcome (done, failed with reason, or receiving again)."""
-        outdir = self.config.results_dir / str(study.id)
+        outdir = self.config.results_dir / f"{study.id}-{study.attempts}"  # a fresh folder per attempt
         log.info("analysing study %s (%s)", study.id, study.study_uid)
         try:
             outdir.mkdir(parents=True, exist_ok=True)
