@@ -35,11 +35,28 @@ function row(study, rank) {
     <td>${fmt(study.max_ratio, 3)}</td><td>${new Date(study.received_at).toLocaleString()}</td><td>${review}</td></tr>`;
 }
 
+// Column sort on top of the policy order: highest first for scores, earliest first for dates.
+const sorting = { key: "rank" };
+const ASCENDING = new Set(["patient_id", "study_date", "status", "received_at"]);
+
+function sorted(studies) {
+  const ranked = studies.map((s, i) => ({ ...s, rank: i + 1 }));
+  if (sorting.key === "rank") return ranked;
+  const sign = ASCENDING.has(sorting.key) ? 1 : -1;
+  return ranked.sort((a, b) => {
+    const x = a[sorting.key], y = b[sorting.key];
+    if (x === y) return a.rank - b.rank;
+    if (x === null || x === undefined) return 1;
+    if (y === null || y === undefined) return -1;
+    return (x < y ? -1 : 1) * sign;
+  });
+}
+
 async function refresh() {
   const response = await fetch("/api/studies?" + query());
   if (!response.ok) return;
-  const studies = await response.json();
-  $("worklist").innerHTML = studies.map((s, i) => row(s, i + 1)).join("");
+  const studies = sorted(await response.json());
+  $("worklist").innerHTML = studies.map((s) => row(s, s.rank)).join("");
   for (const tr of document.querySelectorAll("tr.row")) {
     tr.addEventListener("click", () => { window.location = "study.html?id=" + tr.dataset.id; });
   }
@@ -52,6 +69,9 @@ async function init() {
   $("policy").innerHTML = health.policies.map(
     (p) => `<option ${p === health.policy ? "selected" : ""}>${p}</option>`).join("");
   for (const id of ["policy", "status", "positive", "min-category"]) $(id).addEventListener("change", refresh);
+  for (const th of document.querySelectorAll("th[data-sort]")) {
+    th.addEventListener("click", () => { sorting.key = th.dataset.sort; refresh(); });
+  }
   $("search").addEventListener("input", refresh);
   $("upload-form").addEventListener("submit", async (event) => {
     event.preventDefault();
