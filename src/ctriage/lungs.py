@@ -211,25 +211,26 @@ class DenseLungRegion:
 def _side_region(
     lung: np.ndarray, hu: np.ndarray, pixel_mm: tuple[float, float], medial_is_high_x: bool
 ) -> np.ndarray:
-    region = np.zeros_like(lung)
-    margin = [int(np.ceil(HULL_MARGIN_MM / p)) + 1 for p in pixel_mm]
+    hulls = np.zeros_like(lung)
+    excluded = np.zeros_like(lung)
+    ys, xs = np.ogrid[0 : lung.shape[1], 0 : lung.shape[2]]
     for k in np.flatnonzero(lung.any(axis=(1, 2))):
         rows, cols = np.nonzero(lung[k])
         if len(rows) < 30:
             continue
-        box = (
-            slice(max(rows.min() - margin[0], 0), rows.max() + margin[0] + 1),
-            slice(max(cols.min() - margin[1], 0), cols.max() + margin[1] + 1),
-        )
-        section = lung[k][box]
-        ys, xs = np.mgrid[box]
+        box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+        hulls[k][box] = _slice_hull(lung[k][box])
         cy, cx = rows.mean(), cols.mean()
         medial = xs > cx if medial_is_high_x else xs < cx
-        anterior = ys < cy + 0.1 * np.ptp(rows)
-        hull_distance_mm = ndimage.distance_transform_edt(~_slice_hull(section), sampling=pixel_mm)
-        near_hull = hull_distance_mm <= HULL_MARGIN_MM
-        region[k][box] = near_hull & ~section & (hu[k][box] < DENSE_LUNG_MAX_HU) & ~(medial & anterior)
-    return region
+        excluded[k] = medial & (ys < cy + 0.1 * np.ptp(rows))
+    # grow each slice's hull by about HULL_MARGIN_MM in-plane (alternating cross / square steps: an octagon)
+    steps = max(1, int(round(HULL_MARGIN_MM / min(pixel_mm))))
+    cross = ndimage.generate_binary_structure(2, 1)[None]
+    square = np.ones((1, 3, 3), bool)
+    near_hull = hulls
+    for step in range(steps):
+        near_hull = ndimage.binary_dilation(near_hull, structure=cross if step % 2 else square)
+    return near_hull & ~lung & ~excluded & (hu < DENSE_LUNG_MAX_HU)
 
 
 def dense_lung_region(lungs: LungMasks, hu: np.ndarray) -> DenseLungRegion:
