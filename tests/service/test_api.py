@@ -137,6 +137,7 @@ def test_worklist_filters(client: TestClient, worklist):
     assert names(positive="true") == ["moderate-positive", "mild-positive"]
     assert names(min_category=2) == ["moderate-positive", "severe-negative"]
     assert names(q="SEVERE") == ["severe-negative"]
+    assert names(limit=2) == ["moderate-positive", "mild-positive"]
     assert client.get("/api/studies", params={"policy": "alphabetical"}).status_code == 422
     assert client.get("/api/studies", params={"status": "lost"}).status_code == 422
 

@@ -88,8 +88,9 @@ def create_app(service: Service) -> FastAPI:
         positive: bool | None = None,
         min_category: Annotated[int | None, Query(ge=0, le=4)] = None,
         q: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     ) -> list[dict[str, Any]]:
-        """The worklist: filtered, ordered by the site's triage policy (or ``policy``)."""
+        """The worklist: filtered, ordered by the site's triage policy (or ``policy``), first ``limit`` rows."""
         policy = policy or service.config.triage_policy
         if policy not in triage.POLICIES:
             raise HTTPException(422, f"unknown policy {policy!r}; one of {', '.join(triage.POLICIES)}")
@@ -119,7 +120,7 @@ def create_app(service: Service) -> FastAPI:
                 for s in studies
                 if s.report and bool((s.report.get("identification") or {}).get("positive")) == positive
             ]
-        return [s.summary() for s in _ranked(studies, policy)]
+        return [s.summary() for s in _ranked(studies, policy)[:limit]]
 
     @app.get("/api/studies/{study_id}")
     def get_study(study_id: int) -> dict[str, Any]:
