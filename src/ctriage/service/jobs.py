@@ -46,15 +46,6 @@ def save_viewer_arrays(result: Any, outdir: Path) -> None:
     np.save(outdir / "lungs.npy", lungs)
 
 
-def _summary_rgb(outputs: dict[str, Path]) -> np.ndarray | None:
-    projection = outputs.get("projection") or next(
-        (p for p in outputs.values() if p.name == "projection.png"), None
-    )
-    if projection is None or not Path(projection).exists():
-        return None
-    return np.asarray(Image.open(projection).convert("RGB"))
-
-
 class Worker:
     """Background analysis threads over the job database."""
 
@@ -113,9 +104,7 @@ class Worker:
         log.info("analysing study %s (%s)", study.id, study.study_uid)
         try:
             outdir.mkdir(parents=True, exist_ok=True)
-            result = self.analyze(
-                Path(study.path), progress=lambda stage: self._set(study.id, progress=stage)
-            )
+            result = self.analyze(Path(study.path), progress=lambda stage: self._set(study.id, progress=stage))
             report = self._save(result, outdir)
         except InputError as exc:
             self._fail(study.id, str(exc))
@@ -124,22 +113,43 @@ class Worker:
             log.error("analysis of study %s crashed:\n%s", study.id, traceback.format_exc())
             self._fail(study.id, f"internal error: {type(exc).__name__}: {exc}")
             return
+        dicom_problem = self._save_dicom(result, outdir)
         self._finish(study.id, report, outdir)
-        if self.config.destination is not None:
+        if dicom_problem:
+            self._set(study.id, send_status=f"failed: cannot build DICOM results: {dicom_problem}")
+        elif self.config.destination is not None and (outdir / "dicom").is_dir():
             self.send_results(study.id)
 
     def _save(self, result: Any, outdir: Path) -> dict[str, Any]:
-        """Write report files, viewer arrays and (for DICOM input) SEG / SR / SC; returns the report dict."""
+        """Write report files and the viewer arrays; returns the report dict."""
         from ctriage.report import write_outputs
+
+        write_outputs(result, outdir)
+        save_viewer_arrays(result, outdir)
+        return result.to_dict()
+
+    def _save_dicom(self, result: Any, outdir: Path) -> str:
+        """Write SEG / SR / SC for single-frame DICOM input; returns why that failed ("" when it did not).
+
+        A problem here (an unusual source header) leaves the analysis valid: it is reported as a send failure.
+        """
         from ctriage.report.dicom_out import build_dicom_outputs, write_dicom_outputs
 
-        outputs = write_outputs(result, outdir)
-        save_viewer_arrays(result, outdir)
         slice_files = getattr(result.volume, "slice_files", None)
-        if slice_files:
-            summary = _summary_rgb(outputs) if self.config.send_secondary_capture else None
+        if not slice_files:
+            return ""
+        projection = outdir / "projection.png"
+        summary = (
+            np.asarray(Image.open(projection).convert("RGB"))
+            if self.config.send_secondary_capture and projection.is_file()
+            else None
+        )
+        try:
             write_dicom_outputs(build_dicom_outputs(result, slice_files, summary), outdir / "dicom")
-        return result.to_dict()
+        except Exception as exc:  # highdicom validation of third-party headers
+            log.error("DICOM results of %s failed:\n%s", outdir, traceback.format_exc())
+            return f"{type(exc).__name__}: {exc}"
+        return ""
 
     def _fail(self, study_id: int, reason: str) -> None:
         log.warning("study %s failed: %s", study_id, reason)
@@ -176,9 +186,7 @@ class Worker:
         else:
             try:
                 pacs.send_datasets(self.config, self.config.destination, [pydicom.dcmread(f) for f in files])
-                outcome = (
-                    f"sent {len(files)} objects to {self.config.destination} at {utcnow():%Y-%m-%d %H:%M:%S}Z"
-                )
+                outcome = f"sent {len(files)} objects to {self.config.destination} at {utcnow():%Y-%m-%d %H:%M:%S}Z"
             except (pacs.DicomNetworkError, OSError) as exc:
                 outcome = f"failed: {exc}"
         self._set(study_id, send_status=outcome)
