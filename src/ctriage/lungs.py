@@ -233,19 +233,25 @@ def _side_region(
     return near_hull & ~lung & ~excluded & (hu < DENSE_LUNG_MAX_HU)
 
 
-def dense_lung_region(lungs: LungMasks, hu: np.ndarray) -> DenseLungRegion:
+def dense_lung_region(lungs: LungMasks, hu: np.ndarray, slices: np.ndarray | None = None) -> DenseLungRegion:
     """Per slice and lung: the convex hull of the aerated lung grown by 10 mm, outside both masks, minus bone
-    (> 200 HU) and minus the anterior-medial quarter, where the hull would take in the heart and hilum."""
+    (> 200 HU) and minus the anterior-medial quarter, where the hull would take in the heart and hilum.
+
+    Every step works slice by slice, so ``slices`` (z indices) limits the work to where it is needed; the
+    region is empty elsewhere.
+    """
+    slices = np.arange(hu.shape[0]) if slices is None else np.asarray(slices, int)
     factor = _downsample_factor(lungs.spacing_mm)
-    small = _subsample(hu, factor)
+    small = _subsample(hu[slices], factor)
     pixel_mm = (lungs.spacing_mm[1] * factor, lungs.spacing_mm[2] * factor)
-    left_small, right_small = _subsample(lungs.left, factor), _subsample(lungs.right, factor)
-    left = _side_region(left_small, small, pixel_mm, medial_is_high_x=False)
-    right = _side_region(right_small, small, pixel_mm, medial_is_high_x=True) & ~left
-    outside = ~lungs.combined
-    return DenseLungRegion(
-        left=_upsample(left, factor, hu.shape) & outside, right=_upsample(right, factor, hu.shape) & outside
-    )
+    left_small, right_small = _subsample(lungs.left[slices], factor), _subsample(lungs.right[slices], factor)
+    left_small = _side_region(left_small, small, pixel_mm, medial_is_high_x=False)
+    right_small = _side_region(right_small, small, pixel_mm, medial_is_high_x=True) & ~left_small
+    left, right = np.zeros(hu.shape, bool), np.zeros(hu.shape, bool)
+    shape = (len(slices), *hu.shape[1:])
+    left[slices] = _upsample(left_small, factor, shape) & ~(lungs.left[slices] | lungs.right[slices])
+    right[slices] = _upsample(right_small, factor, shape) & ~(lungs.left[slices] | lungs.right[slices])
+    return DenseLungRegion(left=left, right=right)
 
 
 def include_lesions(lungs: LungMasks, lesion_mask: np.ndarray, region: DenseLungRegion) -> LungMasks:
