@@ -131,3 +131,17 @@ def test_unreachable_destination_is_recorded(config, ct_series: Path, analyze):
     service.worker.run_once()
     study = _study(service)
     assert study.status == DONE and study.send_status.startswith("failed: cannot open an association")
+
+
+def test_dicom_output_problem_keeps_the_analysis(config, ct_series: Path, analyze):
+    def analyse_with_bad_slice_list(path: Path, progress=None):
+        result = analyze(path, progress)
+        result.volume.slice_files = result.volume.slice_files[:-1]
+        return result
+
+    service = Service.create(config, analyse_with_bad_slice_list)
+    store_series(service.store, ct_series)
+    service.worker.run_once()
+    study = _study(service)
+    assert study.status == DONE and study.report is not None
+    assert study.send_status.startswith("failed: cannot build DICOM results: ValueError")
