@@ -14,7 +14,7 @@ import numpy as np
 from ctriage import __version__
 from ctriage.io import CTVolume, StudySource, find_studies, load_study
 from ctriage.io.nifti import mask_to_canonical
-from ctriage.lungs import dense_lung_region, include_lesions, segment_lungs
+from ctriage.lungs import LungMasks, dense_lung_region, include_lesions, segment_lungs
 from ctriage.severity import Severity, quantify
 
 Progress = Callable[[str], None]
@@ -33,6 +33,10 @@ class StudyResult:
     lesion_source: str = ""
     models: dict[str, str] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
+
+    def lung_labels(self) -> np.ndarray:
+        """uint8 (z, y, x): 0 background, 1 right lung, 2 left lung."""
+        return LungMasks(self.lung_left, self.lung_right, self.volume.spacing_mm).labels()
 
     def to_dict(self) -> dict[str, Any]:
         volume = self.volume

@@ -19,9 +19,8 @@ def write_outputs(result: StudyResult, outdir: Path) -> dict[str, Path]:
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     volume = result.volume
-    lung_labels = result.lung_left.astype("uint8") * 2 + result.lung_right.astype("uint8")
     paths = {
-        "lungs": save_nifti(lung_labels, volume.affine, outdir / "lungs.nii.gz"),
+        "lungs": save_nifti(result.lung_labels(), volume.affine, outdir / "lungs.nii.gz"),
         "lesions": save_nifti(result.lesion_mask, volume.affine, outdir / "lesions.nii.gz"),
     }
     lung = result.lung_left | result.lung_right
