@@ -118,6 +118,25 @@ def predict(net: nn.Module, images: np.ndarray, batch_size: int = 16) -> np.ndar
     return torch.cat(out).numpy()
 
 
+@torch.no_grad()
+def recalibrate_batch_norm(net: nn.Module, images: np.ndarray, batch_size: int = 8) -> None:
+    """Re-estimate batch-norm running statistics as a plain average over un-augmented uint8 ``images`` (N, H, W).
+
+    With few small batches and a fast-moving optimiser the exponential running averages lag behind the
+    weights, and eval-mode predictions collapse; a pass over the stage's own slices fixes that.
+    """
+    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average
+    net.train()
+    for start in range(0, len(images), batch_size):
+        net(torch.from_numpy(images[start:start + batch_size].astype(np.float32) / 255.0)[:, None])
+    for norm in norms:
+        norm.momentum = 0.1
+    net.eval()
+
+
 def validation_dice(net: nn.Module, val: SliceSet) -> dict[str, float]:
     """Mean per-slice Dice on the model grid: binary lesion, GGO and consolidation."""
     classes = predict(net, val.images).argmax(1)
@@ -137,8 +156,10 @@ def run_stage(
     config: TrainConfig,
     evaluate: Callable[[str, int], None],
     stage: str,
+    calibration_images: np.ndarray,
 ) -> None:
-    """``steps`` AdamW steps on augmented random batches of ``data`` with a cosine learning-rate decay."""
+    """``steps`` AdamW steps on augmented random batches of ``data`` with a cosine learning-rate decay; before
+    each evaluation the batch-norm statistics are re-estimated on ``calibration_images``."""
     if steps <= 0:
         return
     generator = torch.Generator().manual_seed(config.seed + len(stage))
@@ -160,6 +181,7 @@ def run_stage(
         optimiser.step()
         schedule.step()
         if step % config.eval_every == 0 or step == steps:
+            recalibrate_batch_norm(net, calibration_images)
             evaluate(stage, step)
 
 
@@ -169,8 +191,8 @@ def train_lesion_net(
 ) -> TrainLog:
     """Pre-train on binary slices (``binary`` + ``train`` as lesion vs not), fine-tune on ``train`` (3 classes).
 
-    Validation Dice on ``val`` is logged every ``config.eval_every`` steps; the last weights are kept (no
-    checkpoint picking on the validation set).
+    Validation Dice on ``val`` is logged every ``config.eval_every`` steps; the last weights (batch-norm
+    statistics re-estimated on the MedSeg training slices) are kept: no checkpoint picking on the validation set.
     """
     torch.manual_seed(config.seed)
     history = TrainLog()
@@ -187,8 +209,8 @@ def train_lesion_net(
         np.concatenate([binary.labels, (train.labels > 0).astype(np.uint8)]),
         binary.names + train.names,
     )
-    run_stage(net, pretrain, binary_loss, config.pretrain_steps, config, evaluate, "pretrain")
+    run_stage(net, pretrain, binary_loss, config.pretrain_steps, config, evaluate, "pretrain", train.images)
     dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     run_stage(net, train, lambda logits, labels: dice_ce(logits, labels[:, None]), config.finetune_steps, config,
-              evaluate, "finetune")
+              evaluate, "finetune", train.images)
     return history
