@@ -25,7 +25,7 @@ function show(index) {
 
 function numberRows(object) {
   return Object.entries(object || {})
-    .filter(([, v]) => typeof v !== "object")
+    .filter(([, v]) => v !== undefined && typeof v !== "object")
     .map(([k, v]) => `<tr><td>${text(k)}</td><td>${typeof v === "number" ? +v.toFixed(3) : text(String(v))}</td></tr>`)
     .join("");
 }
