@@ -40,10 +40,7 @@ def save_viewer_arrays(result: Any, outdir: Path) -> None:
     """Save the HU volume, lesion labels and lung labels (1 right, 2 left) for slice rendering."""
     np.save(outdir / "hu.npy", np.ascontiguousarray(result.volume.hu, dtype=np.int16))
     np.save(outdir / "lesion.npy", np.ascontiguousarray(result.lesion_mask, dtype=np.uint8))
-    lungs = np.zeros(result.lesion_mask.shape, np.uint8)
-    lungs[np.asarray(result.lung_right, bool)] = 1
-    lungs[np.asarray(result.lung_left, bool)] = 2
-    np.save(outdir / "lungs.npy", lungs)
+    np.save(outdir / "lungs.npy", result.lung_labels())
 
 
 class Worker:
