@@ -93,3 +93,18 @@ def test_wrong_number_of_source_files_is_refused(result_and_files):
     result, files = result_and_files
     with pytest.raises(ValueError, match="source files"):
         build_dicom_outputs(result, files[:-1])
+
+
+def test_sources_missing_type2_attributes_still_work(result_and_files, tmp_path: Path):
+    """Anonymisers sometimes delete PatientName / StudyID outright; the outputs carry them empty."""
+    result, files = result_and_files
+    stripped = []
+    for index, path in enumerate(files):
+        ds = pydicom.dcmread(path)
+        for keyword in ("PatientName", "StudyID", "ReferringPhysicianName"):
+            if keyword in ds:
+                delattr(ds, keyword)
+        stripped.append(tmp_path / f"{index}.dcm")
+        ds.save_as(stripped[-1])
+    seg, sr = build_dicom_outputs(result, stripped)
+    assert seg.PatientName == "" and sr.PatientName == ""

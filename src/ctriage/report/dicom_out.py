@@ -23,6 +23,10 @@ from ctriage.report.images import CONSOLIDATION_RGB, GGO_RGB, LUNG_EDGE_RGB
 MANUFACTURER = "ctriage"
 PRIVATE_SCHEME = "99CTRIAGE"
 SEG_SERIES_NUMBER, SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9701, 9702, 9703
+TYPE2_PATIENT_STUDY = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+    "ReferringPhysicianName", "StudyID", "AccessionNumber",
+)
 
 GGO = CodedConcept("GGO", PRIVATE_SCHEME, "Ground-glass opacity")
 CONSOLIDATION = CodedConcept("95436008", "SCT", "Lung consolidation")
@@ -49,10 +53,14 @@ def read_sources(slice_files: list[Path]) -> list[pydicom.Dataset]:
     """Headers (no pixel data) of the source slices, in canonical z order.
 
     Some anonymisers blank SOPClassUID / SOPInstanceUID in the dataset but keep them in the file meta; those are
-    restored, since the SEG and SR reference the sources by them.
+    restored, since the SEG and SR reference the sources by them. Type 2 patient / study attributes that were
+    removed altogether are added empty, as the standard allows and highdicom needs to copy them.
     """
     sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in slice_files]
     for ds in sources:
+        for keyword in TYPE2_PATIENT_STUDY:
+            if keyword not in ds:
+                setattr(ds, keyword, None)
         if not ds.get("SOPClassUID"):
             ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
         if not ds.get("SOPInstanceUID"):
