@@ -59,23 +59,80 @@ def _in_plane_spacing(spacing_mm: tuple[float, ...]) -> tuple[float, float]:
     return float(spacing_mm[-2]), float(spacing_mm[-1])
 
 
-def _peripheral_and_posterior(
-    lesion: np.ndarray, lung: np.ndarray, spacing_yx_mm: tuple[float, float]
-) -> tuple[int, int]:
-    """Lesion voxels of one lung in its outer third of depth, and behind its centre row, summed over slices.
+# Columns of the per-slice count table (voxels): lung and lesion per lung, GGO, peripheral, posterior.
+LUNG_LEFT, LUNG_RIGHT, LESION_LEFT, LESION_RIGHT, N_GGO, N_PERIPHERAL, N_POSTERIOR = range(7)
 
-    Depth is the in-plane distance to the lung border divided by the slice's largest depth in that lung, so
-    the rule needs no absolute scale; posterior means a larger y (row) index than the lung's mean row.
+
+def _lung_counts(lesion: np.ndarray, lung: np.ndarray, spacing_yx_mm: tuple[float, float]) -> tuple[int, int]:
+    """(peripheral, posterior) lesion pixels of one lung on one slice.
+
+    Peripheral: in-plane distance to the lung border / the slice's largest such distance in that lung <=
+    ``PERIPHERAL_DEPTH`` (no absolute scale needed); posterior: a larger row (y) index than the lung's mean row.
     """
-    peripheral = posterior = 0
-    for z in np.flatnonzero(lesion.any(axis=(1, 2))):
-        depth = ndimage.distance_transform_edt(lung[z], sampling=spacing_yx_mm)
-        relative = depth / depth.max()
-        rows = np.nonzero(lung[z])[0]
-        lesion_rows, lesion_cols = np.nonzero(lesion[z])
-        peripheral += int((relative[lesion_rows, lesion_cols] <= PERIPHERAL_DEPTH).sum())
-        posterior += int((lesion_rows > rows.mean()).sum())
-    return peripheral, posterior
+    lesion_rows, lesion_cols = np.nonzero(lesion)
+    if lesion_rows.size == 0:
+        return 0, 0
+    rows, cols = np.nonzero(lung)
+    r0, c0 = rows.min() - 1, cols.min() - 1  # crop to the lung with a one-pixel background rim
+    crop = np.pad(lung[r0 + 1:rows.max() + 1, c0 + 1:cols.max() + 1], 1)
+    depth = ndimage.distance_transform_edt(crop, sampling=spacing_yx_mm)
+    relative = depth[lesion_rows - r0, lesion_cols - c0] / depth.max()
+    return int((relative <= PERIPHERAL_DEPTH).sum()), int((lesion_rows > rows.mean()).sum())
+
+
+def slice_counts(
+    lesion_mask: np.ndarray, lung_left: np.ndarray, lung_right: np.ndarray, spacing_mm: tuple[float, ...]
+) -> np.ndarray:
+    """Per-slice voxel counts, int64 (z, 7), columns ``LUNG_LEFT`` .. ``N_POSTERIOR``; 2D input is one slice.
+
+    Lesion voxels count only inside the lung masks.
+    """
+    lesion_mask = _as_volume(lesion_mask)
+    left = _as_volume(lung_left).astype(bool)
+    right = _as_volume(lung_right).astype(bool)
+    spacing_yx = _in_plane_spacing(spacing_mm)
+    counts = np.zeros((lesion_mask.shape[0], 7), np.int64)
+    counts[:, LUNG_LEFT] = left.sum(axis=(1, 2))
+    counts[:, LUNG_RIGHT] = right.sum(axis=(1, 2))
+    lesion = lesion_mask > 0
+    counts[:, LESION_LEFT] = (lesion & left).sum(axis=(1, 2))
+    counts[:, LESION_RIGHT] = (lesion & right).sum(axis=(1, 2))
+    counts[:, N_GGO] = ((lesion_mask == GGO) & (left | right)).sum(axis=(1, 2))
+    for z in np.flatnonzero(counts[:, LESION_LEFT] + counts[:, LESION_RIGHT]):
+        for lung in (left[z], right[z]):
+            peripheral, posterior = _lung_counts(lesion[z] & lung, lung, spacing_yx)
+            counts[z, N_PERIPHERAL] += peripheral
+            counts[z, N_POSTERIOR] += posterior
+    return counts
+
+
+def features_from_counts(counts: np.ndarray) -> dict[str, float]:
+    """:func:`lesion_features` from a (z, 7) count table; the lower zone is the inferior third of lung slices."""
+    total = counts.sum(axis=0)
+    ratios = [total[LESION_LEFT] / total[LUNG_LEFT] if total[LUNG_LEFT] else 0.0,
+              total[LESION_RIGHT] / total[LUNG_RIGHT] if total[LUNG_RIGHT] else 0.0]
+    n_lungs = int(total[LUNG_LEFT] + total[LUNG_RIGHT])
+    per_slice_lesion = counts[:, LESION_LEFT] + counts[:, LESION_RIGHT]
+    n_lesion = int(per_slice_lesion.sum())
+    lung_slices = np.flatnonzero(counts[:, LUNG_LEFT] + counts[:, LUNG_RIGHT])
+    lower = 0
+    if n_lesion:
+        z0, n_z = lung_slices[0], lung_slices[-1] - lung_slices[0] + 1
+        position = (np.arange(counts.shape[0]) - z0 + 0.5) / n_z  # 0 superior .. 1 inferior, slice centres
+        lower = int(per_slice_lesion[position > 2.0 / 3.0].sum())
+    share = (lambda count: float(count) / n_lesion) if n_lesion else (lambda count: 0.0)
+    return {
+        "lesion_ratio": n_lesion / n_lungs if n_lungs else 0.0,
+        "left_ratio": float(ratios[0]),
+        "right_ratio": float(ratios[1]),
+        "max_lung_ratio": float(max(ratios)),
+        "min_lung_ratio": float(min(ratios)),
+        "bilateral": float(min(ratios) >= BILATERAL_MIN_RATIO),
+        "ggo_share": share(total[N_GGO]),
+        "peripheral_share": share(total[N_PERIPHERAL]),
+        "posterior_share": share(total[N_POSTERIOR]),
+        "lower_zone_share": share(lower),
+    }
 
 
 def lesion_features(
@@ -89,44 +146,7 @@ def lesion_features(
     lower zone (inferior third of the lungs' z-extent; a single slice sits in the middle zone, so 0.0). Shares
     are 0.0 without lesion. ``spacing_mm`` is (z, y, x) or (y, x) in mm; only in-plane anisotropy matters.
     """
-    lesion_mask = _as_volume(lesion_mask)
-    left = _as_volume(lung_left).astype(bool)
-    right = _as_volume(lung_right).astype(bool)
-    lungs = left | right
-    lesion = (lesion_mask > 0) & lungs
-    spacing_yx = _in_plane_spacing(spacing_mm)
-
-    ratios = []
-    peripheral = posterior = 0
-    for lung in (left, right):
-        n_lung = int(lung.sum())
-        in_lung = lesion & lung
-        ratios.append(int(in_lung.sum()) / n_lung if n_lung else 0.0)
-        p, q = _peripheral_and_posterior(in_lung, lung, spacing_yx)
-        peripheral, posterior = peripheral + p, posterior + q
-
-    n_lesion = int(lesion.sum())
-    lung_slices = np.flatnonzero(lungs.any(axis=(1, 2)))
-    lower = 0
-    if n_lesion and lung_slices.size:
-        z0, n_z = lung_slices[0], lung_slices[-1] - lung_slices[0] + 1
-        position = (np.arange(lesion.shape[0]) - z0 + 0.5) / n_z  # 0 superior .. 1 inferior, slice centres
-        lower = int(lesion.sum(axis=(1, 2))[position > 2.0 / 3.0].sum())
-
-    n_lungs = int(lungs.sum())
-    share = (lambda count: count / n_lesion) if n_lesion else (lambda count: 0.0)
-    return {
-        "lesion_ratio": n_lesion / n_lungs if n_lungs else 0.0,
-        "left_ratio": ratios[0],
-        "right_ratio": ratios[1],
-        "max_lung_ratio": max(ratios),
-        "min_lung_ratio": min(ratios),
-        "bilateral": float(min(ratios) >= BILATERAL_MIN_RATIO),
-        "ggo_share": share(int(((lesion_mask == GGO) & lesion).sum())),
-        "peripheral_share": share(peripheral),
-        "posterior_share": share(posterior),
-        "lower_zone_share": share(lower),
-    }
+    return features_from_counts(slice_counts(lesion_mask, lung_left, lung_right, spacing_mm))
 
 
 def model_inputs(features: dict[str, float], input_names: list[str]) -> np.ndarray:
@@ -164,23 +184,16 @@ class IdentificationModel:
         return self._session.run(["probability"], {"features": batch})[0].reshape(-1)
 
 
-def slice_probabilities(
-    lesion_mask: np.ndarray,
-    lung_left: np.ndarray,
-    lung_right: np.ndarray,
-    spacing_mm: tuple[float, ...],
-    model: IdentificationModel,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(slice indices, probabilities) of slices with lung area >= ``MIN_SLICE_LUNG_FRACTION`` of max."""
-    lesion_mask, left, right = _as_volume(lesion_mask), _as_volume(lung_left), _as_volume(lung_right)
-    area = (left.astype(bool) | right.astype(bool)).sum(axis=(1, 2))
-    if area.max() == 0:
+def slice_probabilities(counts: np.ndarray, model: IdentificationModel) -> tuple[np.ndarray, np.ndarray]:
+    """(slice indices, probabilities) of slices with lung area >= ``MIN_SLICE_LUNG_FRACTION`` of max.
+
+    ``counts`` is the :func:`slice_counts` table of the study; each slice is scored as a study of one slice.
+    """
+    area = counts[:, LUNG_LEFT] + counts[:, LUNG_RIGHT]
+    if area.max(initial=0) == 0:
         return np.zeros(0, int), np.zeros(0, np.float32)
     picked = np.flatnonzero(area >= MIN_SLICE_LUNG_FRACTION * area.max())
-    rows = [
-        model_inputs(lesion_features(lesion_mask[z], left[z], right[z], spacing_mm), model.input_names)
-        for z in picked
-    ]
+    rows = [model_inputs(features_from_counts(counts[z:z + 1]), model.input_names) for z in picked]
     return picked, model.predict(np.stack(rows))
 
 
@@ -208,9 +221,10 @@ def identify(
     not use it. The aggregation from slices to the study is described in the module docstring.
     """
     model = model or IdentificationModel()
-    _, probabilities = slice_probabilities(lesion_mask, lung_left, lung_right, spacing_mm, model)
+    counts = slice_counts(lesion_mask, lung_left, lung_right, spacing_mm)
+    _, probabilities = slice_probabilities(counts, model)
     probability = aggregate(probabilities)
-    features = lesion_features(lesion_mask, lung_left, lung_right, spacing_mm)
+    features = features_from_counts(counts)
     if slice_probability is not None and np.size(slice_probability):
         features["max_slice_probability"] = float(np.max(slice_probability))
     return Identification(
