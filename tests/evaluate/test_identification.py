@@ -12,11 +12,13 @@ from typer.testing import CliRunner
 
 from ctriage.evaluate.cli import app
 from ctriage.evaluate.identification import (
+    SliceScores,
     load_gray,
     lung_mask_2d,
     pseudo_hu,
     read_labels_csv,
     sars_cov2_ct,
+    summarize,
     ucsd_covid_ct,
 )
 from ctriage.preprocess import LESION_INPUT_WINDOW_HU, window
@@ -89,3 +91,21 @@ def test_evaluate_severity_command(tmp_path: Path) -> None:
     # differences -1 -1 0 -2: bias -1, SD sqrt(2/3)
     assert summary["bland_altman"]["bias"] == pytest.approx(-1.0)
     assert summary["bland_altman"]["upper"] == pytest.approx(-1.0 + 1.96 * np.sqrt(2 / 3))
+
+
+def test_summarize_scores_single_class_sources_against_the_other_class() -> None:
+    scores = SliceScores(
+        probabilities=np.array([0.9, 0.6, 0.4, 0.2, 0.1, 0.7]),
+        labels=np.array([1, 1, 0, 0, 0, 0]),
+        patients=np.array(["p1", "p2", "n1", "n2", "l1", "l2"]),
+        sources=np.array(["papers", "papers", "papers", "papers", "scanner", "scanner"]),
+        threshold=0.5,
+        model_version="test",
+    )
+    summary = summarize(scores, n_resamples=50)
+    assert summary["per_source"]["papers"]["auc"] == 1.0
+    # scanner negatives 0.1, 0.7 against positives 0.9, 0.6: 3 of 4 pairs ordered
+    scanner = summary["per_source"]["scanner"]
+    assert (scanner["auc"], scanner["n_positive"], scanner["n_negative"]) == (0.75, 2, 2)
+    assert (scanner["sensitivity"], scanner["specificity"]) == (1.0, 0.5)
+    assert summary["all"]["auc"] == pytest.approx(7 / 8)

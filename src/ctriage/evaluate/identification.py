@@ -248,7 +248,7 @@ def score_slices(items: list[LabelledSlice], segmenter: SliceSegmenter, model: I
 
 def summarize(scores: SliceScores, n_resamples: int = 2000) -> dict[str, object]:
     """ROC AUC with a patient-level 95 % bootstrap interval, sensitivity/specificity at the model threshold,
-    for all slices and per source (AUC is NaN where a source holds one class)."""
+    for all slices and per source; a source holding one class is scored against all slices of the other."""
 
     def rates(rows: np.ndarray) -> dict[str, float]:
         labels, probabilities = scores.labels[rows], scores.probabilities[rows]
@@ -259,7 +259,12 @@ def summarize(scores: SliceScores, n_resamples: int = 2000) -> dict[str, object]
                 "specificity": specificity, "n_positive": int(labels.sum()), "n_negative": int((labels == 0).sum())}
 
     every = np.ones(scores.labels.size, bool)
-    per_source = {name: rates(scores.sources == name) for name in sorted(set(scores.sources) - {""})}
+    per_source = {}
+    for name in sorted(set(scores.sources) - {""}):
+        rows = scores.sources == name
+        if len(set(scores.labels[rows])) == 1:  # one class only: against every slice of the other class
+            rows = rows | (scores.labels != scores.labels[rows][0])
+        per_source[name] = rates(rows)
     return {"model_version": scores.model_version, "threshold": scores.threshold, "all": rates(every),
             "per_source": per_source}
 
