@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 from datetime import date
 from pathlib import Path
@@ -52,12 +51,6 @@ def config(tmp_path: Path) -> ServiceConfig:
         data_dir=tmp_path / "data", dicom_host="127.0.0.1", dicom_port=free_port(), http_port=free_port(),
         quiet_period_s=0.0, poll_interval_s=0.1,
     )
-
-
-def copy_series(series: Path, target: Path) -> Path:
-    """A private copy of a series folder (tests that damage or move files use it)."""
-    shutil.copytree(series, target)
-    return target
 
 
 @pytest.fixture(scope="session")
