@@ -22,11 +22,11 @@ START_TIMEOUT_S = 120.0
 
 def test_serve_runs_with_defaults_and_stops_cleanly(tmp_path: Path):
     http_port, dicom_port = free_port(), free_port()
-    env = {**os.environ, "CTRIAGE_DICOM_HOST": "127.0.0.1"}  # loopback only in tests
-    env.pop("CTRIAGE_CONFIG", None)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CTRIAGE_")}
     process = subprocess.Popen(
         [sys.executable, "-c", "from ctriage.cli import app; app()", "serve", "--http-port", str(http_port),
-         "--dicom-port", str(dicom_port)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+         "--dicom-port", str(dicom_port),
+         "--dicom-host", "127.0.0.1"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True,
     )
     try:

@@ -12,12 +12,8 @@ from ctriage.service.config import ServiceConfig, load_config
 
 app = typer.Typer(help="Triage service: DICOM listener, workers, REST API and web UI.", no_args_is_help=True)
 
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML settings file (or $CTRIAGE_CONFIG).")
-]
-DataDirOpt = Annotated[
-    Path | None, typer.Option(help="Folder for the database, received studies and results.")
-]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file (or $CTRIAGE_CONFIG).")]
+DataDirOpt = Annotated[Path | None, typer.Option(help="Folder for the database, received studies and results.")]
 AeOpt = Annotated[str | None, typer.Option("--ae-title", help="Our DICOM AE title.")]
 DicomPortOpt = Annotated[int | None, typer.Option(help="DICOM listener port.")]
 PacsOpt = Annotated[str | None, typer.Option(help="PACS to query / retrieve from, AE@host:port.")]
@@ -45,16 +41,13 @@ def serve(
     data_dir: DataDirOpt = None,
     ae_title: AeOpt = None,
     dicom_port: DicomPortOpt = None,
+    dicom_host: Annotated[str | None, typer.Option(help="DICOM listener bind address.")] = None,
     http_host: Annotated[str | None, typer.Option(help="HTTP bind address (0.0.0.0 for all).")] = None,
     http_port: Annotated[int | None, typer.Option(help="HTTP port of the web UI and API.")] = None,
-    allowed_calling_aets: Annotated[
-        str | None, typer.Option(help="Comma-separated calling AE allow-list.")
-    ] = None,
+    allowed_calling_aets: Annotated[str | None, typer.Option(help="Comma-separated calling AE allow-list.")] = None,
     pacs: PacsOpt = None,
     destination: Annotated[str | None, typer.Option(help="Where SEG / SR go, AE@host:port.")] = None,
-    quiet_period_s: Annotated[
-        float | None, typer.Option(help="Seconds without new instances = complete.")
-    ] = None,
+    quiet_period_s: Annotated[float | None, typer.Option(help="Seconds without new instances = complete.")] = None,
     workers: Annotated[int | None, typer.Option(help="Parallel analysis jobs.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -70,6 +63,7 @@ def serve(
         data_dir=data_dir,
         ae_title=ae_title,
         dicom_port=dicom_port,
+        dicom_host=dicom_host,
         http_host=http_host,
         http_port=http_port,
         allowed_calling_aets=allowed_calling_aets,
@@ -102,9 +96,7 @@ def pull(
     ae_title: AeOpt = None,
     dicom_port: DicomPortOpt = None,
     pacs: PacsOpt = None,
-    method: Annotated[
-        str | None, typer.Option(help="Retrieve with 'move' (to our listener) or 'get'.")
-    ] = None,
+    method: Annotated[str | None, typer.Option(help="Retrieve with 'move' (to our listener) or 'get'.")] = None,
     days: Annotated[int | None, typer.Option(help="Query studies of the last N days.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
