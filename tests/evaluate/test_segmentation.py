@@ -73,3 +73,16 @@ def test_cli_on_binary_masks(tmp_path, monkeypatch):
     report = json.loads(out.read_text())
     assert report["mean"]["dice_lesion"] == pytest.approx(0.75)
     assert report["mean"]["dice_ggo"] is None and report["images"][0]["dice_consolidation"] is None
+
+
+def test_pooled_dice_weights_pixels_not_images(tmp_path):
+    root = write_case(tmp_path / "a", binary_mask=False)
+    (root / "Imgs" / "1.png").rename(root / "Imgs" / "2.png")  # a second, empty-reference image
+    Image.fromarray(np.zeros((SIZE, SIZE), np.uint8), mode="P").save(root / "GT" / "2.png")
+    write_case(tmp_path / "b", binary_mask=False)
+    (tmp_path / "b" / "Imgs" / "1.png").rename(root / "Imgs" / "1.png")
+    report = evaluate_folder(root / "Imgs", root / "GT", LevelModel())
+    assert [r["name"] for r in report["images"]] == ["1", "2"]
+    assert report["images"][1]["dice_lesion"] == 0.0  # 32 false-positive pixels on an empty reference
+    assert report["mean"]["dice_lesion"] == pytest.approx(0.75 / 2)
+    assert report["pooled"]["dice_lesion"] == pytest.approx(2 * 24 / (32 + 64))

@@ -94,6 +94,8 @@ def lesions_command(
     for row in report["images"]:
         typer.echo(f"{row['name'][:24]:<24}" + cells(row))
     typer.echo(f"{'mean':<24}" + cells(report["mean"]))
+    typer.echo("pooled over all pixels: " + ", ".join(
+        f"{k} {v:.3f}" if v is not None else f"{k} n/a" for k, v in report["pooled"].items()))
     if json_out is not None:
         json_out.write_text(json.dumps(report, indent=2) + "\n")
 

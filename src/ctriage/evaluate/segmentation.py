@@ -80,23 +80,40 @@ def mean_scores(rows: list[dict[str, Any]]) -> dict[str, float | None]:
     return out
 
 
+def pooled_dice(pairs: list[tuple[np.ndarray, bool, np.ndarray]]) -> dict[str, float | None]:
+    """Dice over all pixels of all images at once, from (reference, multiclass, predicted) maps; GGO and
+    consolidation over the multi-class references only (None without any)."""
+    reference = np.concatenate([r.ravel() for r, _, _ in pairs])
+    predicted = np.concatenate([p.ravel() for _, _, p in pairs])
+    out: dict[str, float | None] = {"dice_lesion": dice(reference > 0, predicted > 0)}
+    multi = [(r, m, p) for r, m, p in pairs if m]
+    ref_multi = np.concatenate([r.ravel() for r, _, _ in multi]) if multi else None
+    pred_multi = np.concatenate([p.ravel() for _, _, p in multi]) if multi else None
+    for label, name in ((1, "dice_ggo"), (2, "dice_consolidation")):
+        out[name] = None if ref_multi is None else dice(ref_multi == label, pred_multi == label)
+    return out
+
+
 def evaluate_folder(
     images_dir: Path, masks_dir: Path, model: ModelHandle, names: list[str] | None = None, batch_size: int = 16,
 ) -> dict[str, Any]:
     """Run ``model`` on every image with a mask (or only the stems in ``names``) at the original slice size.
 
-    Returns {"model_version", "n_images", "images": [{"name", metrics...}], "mean": {metric: value}}; undefined
-    values are None.
+    Returns {"model_version", "n_images", "images": [{"name", metrics...}], "mean": {metric: mean over images},
+    "pooled": {Dice over all pixels at once}}; undefined values are None.
     """
     pairs = [(i, m) for i, m in paired_files(images_dir, masks_dir) if names is None or i.stem in names]
     if not pairs:
         raise FileNotFoundError(f"no image/mask pairs in {images_dir} and {masks_dir}")
     planes = [read_gray(i).astype(np.float32) / 255.0 for i, _ in pairs]
-    rows = []
+    rows, maps = [], []
     for (image_path, mask_path), prob in zip(pairs, predict_probabilities(model, planes, batch_size), strict=True):
         reference, multiclass = read_reference(mask_path)
         if reference.shape != prob.shape[1:]:
             raise ValueError(f"{mask_path.name}: mask {reference.shape} vs image {prob.shape[1:]}")
-        scores = score_image(reference, multiclass, prob.argmax(0))
+        predicted = prob.argmax(0).astype(np.uint8)
+        maps.append((reference, multiclass, predicted))
+        scores = score_image(reference, multiclass, predicted)
         rows.append({"name": image_path.stem, **{k: defined_or_none(v) for k, v in scores.items()}})
-    return {"model_version": model.version, "n_images": len(rows), "images": rows, "mean": mean_scores(rows)}
+    return {"model_version": model.version, "n_images": len(rows), "images": rows, "mean": mean_scores(rows),
+            "pooled": pooled_dice(maps)}

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="Train models (needs the [train] extra: torch + MONAI).", no_args_is_help=True)
+app = typer.Typer(help="Train models (needs the \\[train] extra: torch + MONAI).", no_args_is_help=True)
 
 DEFAULT_DATA_ROOT = Path("../shared/data")
 
@@ -94,7 +94,8 @@ def lesions(
     handle = ModelHandle.from_files(onnx_path, card)
     report = evaluate_folder(data_root / MEDSEG_MULTICLASS / "Imgs", data_root / MEDSEG_MULTICLASS / "GT", handle,
                              names=val_names)
-    card["validation"] = {"resolution": "original slice size", **report["mean"]}
+    card["validation"] = {"resolution": "original slice size, ONNX model", "n_images": report["n_images"],
+                          "aggregate": "mean over images", **report["mean"], "pooled_over_pixels": report["pooled"]}
     write_card(card, export_dir / "cards" / "lesions.json")
     typer.echo(f"exported {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB); validation {report['mean']}")
 

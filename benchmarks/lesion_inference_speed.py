@@ -1,0 +1,67 @@
+"""Lesion inference speed on a 300-slice chest CT (target: < 3 s on 2 CPU cores).
+
+The study is the real COVID-CT-MD P001 (148 x 512 x 512) from ../shared/data, stacked to 300 slices, with lungs
+from ctriage.lungs (not timed); without the data folder a 300-slice synthetic phantom is used.
+Run: python benchmarks/lesion_inference_speed.py [--slices 300] [--repeats 3] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+P001_DICOM = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ct_volumes" / "covidctmd_P001_covid19"
+
+
+def load_study(n_slices: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], str]:
+    """(hu, lung mask, spacing_mm, description) of a study with ``n_slices`` axial slices."""
+    from ctriage.lungs import segment_lungs
+
+    if (P001_DICOM / "dicom").exists():
+        from ctriage.io import load_volume
+
+        volume = load_volume(P001_DICOM / "dicom")
+        hu, spacing, source = volume.hu, volume.spacing_mm, "COVID-CT-MD P001"
+    else:
+        from ctriage.testing.phantom import chest_phantom
+
+        phantom = chest_phantom(shape=(100, 512, 512), spacing_mm=(1.0, 0.7, 0.7))
+        hu, spacing, source = phantom.volume.hu, phantom.volume.spacing_mm, "synthetic phantom"
+    lungs = segment_lungs(hu, spacing).combined
+    reps = int(np.ceil(n_slices / hu.shape[0]))
+    hu, lungs = np.concatenate([hu] * reps)[:n_slices], np.concatenate([lungs] * reps)[:n_slices]
+    return hu, lungs, spacing, f"{source} stacked to {n_slices} x {hu.shape[1]} x {hu.shape[2]}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args()
+
+    from ctriage.lesions import segment_lesions
+    from ctriage.models.registry import cpu_threads, load_model
+
+    hu, lungs, spacing, description = load_study(args.slices)
+    model = load_model("lesions")
+    lung_slices = int(lungs.any(axis=(1, 2)).sum())
+    segment_lesions(hu[:16], lungs[:16], spacing, model=model)  # warm-up: session, memory arena
+    seconds = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        result = segment_lesions(hu, lungs, spacing, model=model, batch_size=args.batch_size)
+        seconds.append(time.perf_counter() - start)
+    print(f"{description}; {lung_slices} slices with lung; model {result.model_version}")
+    print(f"threads {cpu_threads()} (of {os.cpu_count()} CPUs), batch {args.batch_size}, input {model.input_size}px")
+    print(f"segment_lesions: best {min(seconds):.2f} s, median {statistics.median(seconds):.2f} s "
+          f"({1000 * min(seconds) / max(lung_slices, 1):.1f} ms per lung slice); target < 3 s")
+
+
+if __name__ == "__main__":
+    main()
