@@ -173,10 +173,12 @@ def serve_ctriage(tmp_path: Path, ports: dict[str, int]):
 
 
 def _analysed(ctriage: httpx.Client, study_uid: str, log: Path) -> dict:
-    """Wait until ctriage finished (or failed) the study; fail with its reason and log otherwise."""
+    """Wait until ctriage finished (or failed) the study and sent its results; fail with the reason otherwise."""
+
     def finished():
         rows = [s for s in ctriage.get("/api/studies").json() if s["study_uid"] == study_uid]
-        return rows[0] if rows and rows[0]["status"] in ("done", "failed") else None
+        ready = rows and rows[0]["status"] in ("done", "failed") and rows[0]["send_status"] != "sending"
+        return rows[0] if ready else None
 
     row = _wait(finished, ANALYSIS_TIMEOUT_S, f"the analysis of {study_uid}")
     assert row["status"] == "done", f"{row['error']}\n{log.read_text()[-3000:]}"

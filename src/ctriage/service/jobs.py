@@ -26,7 +26,7 @@ from ctriage.service.db import DONE, FAILED, RECEIVING, Study, as_utc, claim_nex
 log = logging.getLogger(__name__)
 
 Analyze = Callable[..., Any]  # analyze_path(path, progress=...) -> StudyResult
-VIEWER_FILES = ("hu.npy", "lesion.npy", "lungs.npy")  # arrays the web viewer memory-maps
+SENDING = "sending"  # send_status while results are on their way to the destination
 
 
 def default_analyze(path: Path, progress: Callable[[str], None] | None = None) -> Any:
@@ -111,10 +111,13 @@ class Worker:
             self._fail(study.id, f"internal error: {type(exc).__name__}: {exc}")
             return
         dicom_problem = self._save_dicom(result, outdir)
-        self._finish(study.id, report, outdir)
+        will_send = not dicom_problem and self.config.destination is not None and (outdir / "dicom").is_dir()
         if dicom_problem:
-            self._set(study.id, send_status=f"failed: cannot build DICOM results: {dicom_problem}")
-        elif self.config.destination is not None and (outdir / "dicom").is_dir():
+            send_status = f"failed: cannot build DICOM results: {dicom_problem}"
+        else:
+            send_status = SENDING if will_send else ""
+        self._finish(study.id, report, outdir, send_status)
+        if will_send:
             self.send_results(study.id)
 
     def _save(self, result: Any, outdir: Path) -> dict[str, Any]:
@@ -152,7 +155,7 @@ class Worker:
         log.warning("study %s failed: %s", study_id, reason)
         self._set(study_id, status=FAILED, error=reason, progress="", finished_at=utcnow())
 
-    def _finish(self, study_id: int, report: dict[str, Any], outdir: Path) -> None:
+    def _finish(self, study_id: int, report: dict[str, Any], outdir: Path, send_status: str) -> None:
         """Store the result; a study that received new instances while running is analysed again later."""
         severity = report.get("severity") or {}
         identification = report.get("identification") or {}
@@ -167,6 +170,7 @@ class Worker:
             study.probability = identification.get("probability")
             study.ct_category = severity.get("ct_category")
             study.max_ratio = severity.get("max_ratio")
+            study.send_status = send_status
 
     def send_results(self, study_id: int) -> str:
         """C-STORE the study's SEG / SR / SC to the configured destination; records, returns the outcome."""
