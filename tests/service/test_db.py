@@ -8,9 +8,11 @@ from pathlib import Path
 from ctriage.service.db import (
     DONE,
     FAILED,
+    INTERRUPTED_SEND,
     QUEUED,
     RECEIVING,
     RUNNING,
+    SENDING,
     Study,
     claim_next,
     open_db,
@@ -58,12 +60,15 @@ def test_state_survives_reopening_and_running_jobs_are_requeued(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     sessions = open_db(url)
     running = _add(sessions, "3.1", status=QUEUED)
+    sending = _add(sessions, "3.2", status=DONE, send_status=SENDING)
     claim_next(sessions)
     sessions.kw["bind"].dispose()  # the process "crashes"
     reopened = open_db(url)
     assert _status(reopened, running) == RUNNING
     assert recover_interrupted(reopened) == 1
     assert _status(reopened, running) == QUEUED
+    with reopened() as session:
+        assert session.get(Study, sending).send_status == INTERRUPTED_SEND
 
 
 def test_retry_only_from_failed_or_done(tmp_path: Path):

@@ -25,6 +25,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 # Job states: instances arriving -> waiting for a worker -> being analysed -> finished / failed with a reason.
 RECEIVING, QUEUED, RUNNING, DONE, FAILED = "receiving", "queued", "running", "done", "failed"
 STATUSES = (RECEIVING, QUEUED, RUNNING, DONE, FAILED)
+SENDING = "sending"  # send_status while results are on their way to the destination
+INTERRUPTED_SEND = "failed: interrupted by a restart; send again"
 
 
 def utcnow() -> datetime:
@@ -147,8 +149,14 @@ def open_db(url: str) -> sessionmaker[Session]:
 
 
 def recover_interrupted(sessions: sessionmaker[Session]) -> int:
-    """After a restart, jobs running when the process stopped go back to the queue; returns how many."""
+    """After a restart, jobs running when the process stopped go back to the queue; returns how many.
+
+    Results that were being sent are marked as failed sends, to be sent again from the UI / API.
+    """
     with sessions.begin() as session:
+        session.execute(
+            update(Study).where(Study.send_status == SENDING).values(send_status=INTERRUPTED_SEND)
+        )
         result = session.execute(
             update(Study).where(Study.status == RUNNING).values(status=QUEUED, progress="")
         )

@@ -21,12 +21,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from ctriage.io.errors import InputError
 from ctriage.service import pacs
 from ctriage.service.config import ServiceConfig
-from ctriage.service.db import DONE, FAILED, RECEIVING, Study, as_utc, claim_next, promote_quiet, utcnow
+from ctriage.service.db import DONE, FAILED, RECEIVING, SENDING, Study, as_utc, claim_next, promote_quiet, utcnow
 
 log = logging.getLogger(__name__)
 
 Analyze = Callable[..., Any]  # analyze_path(path, progress=...) -> StudyResult
-SENDING = "sending"  # send_status while results are on their way to the destination
 
 
 def default_analyze(path: Path, progress: Callable[[str], None] | None = None) -> Any:
