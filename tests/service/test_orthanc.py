@@ -6,7 +6,7 @@ Orthanc cannot be told to listen on loopback only, so each test re-runs itself i
 - push: the CT is stored in Orthanc, Orthanc C-STOREs it to ctriage, ctriage analyses it after the quiet period
   and C-STOREs SEG, SR and a secondary capture back; the test finds them in Orthanc's copy of the study;
 - pull: ctriage C-FINDs Orthanc for today's CT studies and retrieves the new one (C-MOVE to its own listener or
-  C-GET), analyses it and sends the results back.
+  C-GET), on POST /api/pull or by itself every pull_interval_s, analyses it and sends the results back.
 """
 
 from __future__ import annotations
@@ -217,21 +217,23 @@ def test_push_from_pacs_analysis_and_results_back(request, ct_series: Path, tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["move", "get"])
-def test_pull_new_ct_studies_from_pacs(request, method: str, ct_series: Path, tmp_path: Path):
+@pytest.mark.parametrize(("method", "trigger"), [("move", "api"), ("get", "api"), ("move", "periodic")])
+def test_pull_new_ct_studies_from_pacs(request, method: str, trigger: str, ct_series: Path, tmp_path: Path):
     if not IN_NETNS:
         run_in_network_namespace(request)
         return
     orthanc = request.getfixturevalue("orthanc")
     orthanc.upload(ct_series)
     ctriage = request.getfixturevalue("serve_ctriage")(
-        pacs=f"ORTHANC@127.0.0.1:{orthanc.dicom_port}", retrieve_method=method
+        pacs=f"ORTHANC@127.0.0.1:{orthanc.dicom_port}", retrieve_method=method,
+        pull_interval_s=1.0 if trigger == "periodic" else 0.0,
     )
     study_uid = pydicom.dcmread(next(ct_series.iterdir()), stop_before_pixels=True).StudyInstanceUID
-    response = ctriage.post("/api/pull")
-    assert response.status_code == 200, response.text
-    assert response.json()["retrieved"] == [study_uid]
-    assert ctriage.post("/api/pull").json()["retrieved"] == []  # known studies are not fetched twice
+    if trigger == "api":
+        response = ctriage.post("/api/pull")
+        assert response.status_code == 200, response.text
+        assert response.json()["retrieved"] == [study_uid]
+        assert ctriage.post("/api/pull").json()["retrieved"] == []  # known studies are not fetched twice
     row = _analysed(ctriage, study_uid, tmp_path / "ctriage.log")
     assert row["source"] == "pull" and row["n_instances"] == 20
     _results_in_pacs(orthanc, ctriage, row, ct_series)
