@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ctriage.service.db import DONE, FAILED, QUEUED, RECEIVING, Study, utcnow
 
+ANALYSED_MODALITIES = ("CT",)
 _UID = re.compile(r"^[0-9][0-9.]{0,63}$")
 
 
@@ -72,9 +73,10 @@ class StudyStore:
         source: str,
         is_new: bool,
     ) -> None:
-        """Create or update the study row for a stored instance; new instances restart the quiet period."""
+        """Create or update the study row for a stored instance; new CT instances restart the quiet period."""
         with self._lock, self.sessions.begin() as session:
             study = session.scalars(select(Study).where(Study.study_uid == study_uid)).first()
+            created = study is None
             if study is None:
                 study = Study(
                     study_uid=study_uid,
@@ -87,6 +89,8 @@ class StudyStore:
             if not is_new:
                 return
             study.n_instances = (study.n_instances or 0) + 1
+            if not created and str(header.get("Modality", "")).upper() not in ANALYSED_MODALITIES:
+                return  # e.g. our own SEG / SR routed back by the PACS: kept, but no new analysis
             study.last_instance_at = utcnow()
             if study.status in (DONE, FAILED, QUEUED):
                 study.status = RECEIVING
