@@ -55,8 +55,9 @@ def run_in_network_namespace(request: pytest.FixtureRequest) -> None:
     prefix = _unshare_prefix()
     if prefix is None:
         pytest.skip("cannot create a network namespace (needs util-linux unshare, iproute2 ip, and root or userns)")
-    command = [*prefix, "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
-               sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", request.node.nodeid]
+    basetemp = request.getfixturevalue("tmp_path") / "netns"  # Orthanc and ctriage logs end up here
+    command = [*prefix, "sh", "-c", 'ip link set lo up && exec "$@"', "sh", sys.executable, "-m", "pytest",
+               "-q", "-p", "no:cacheprovider", "-x", f"--basetemp={basetemp}", request.node.nodeid]
     env = {**os.environ, "CTRIAGE_TEST_NETNS": "1"}
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=ANALYSIS_TIMEOUT_S + 300)
