@@ -68,7 +68,7 @@ def lesions(
                f"--learning-rate {learning_rate} --seed {seed} --n-val {n_val} --export-dir {export_dir}")
     card = {
         "name": "lesions",
-        "version": f"lesions-{net}-{datetime.now(UTC):%Y%m%d}",
+        "version": f"lesions-{net}-{datetime.now(UTC):%Y%m%d%H%M}",
         "date": f"{datetime.now(UTC):%Y-%m-%d}",
         "task": "2D lesion segmentation of axial chest CT slices cropped to the lungs",
         "classes": {"0": "background", "1": "ground-glass opacity", "2": "consolidation"},

@@ -1,0 +1,71 @@
+"""Lesion segmentation with the shipped ONNX model: a real COVID-19 CT (P001) and a synthetic phantom."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+
+from ctriage.evaluate.metrics import roc_auc
+from ctriage.lesions import crop_box, segment_lesions
+from ctriage.lungs import segment_lungs
+from ctriage.models.registry import load_model
+from tests.conftest import P001_LABELS, require
+
+
+def test_contract_on_phantom(phantom):
+    """Shapes, dtypes, labels only inside the lungs, zero probability on slices without lung, card version."""
+    volume = phantom.volume
+    lungs = phantom.lung_left | phantom.lung_right
+    lungs[:5] = False  # some slices without lung
+    result = segment_lesions(volume.hu, lungs, volume.spacing_mm)
+    assert result.mask.shape == volume.hu.shape and result.mask.dtype == np.uint8
+    assert set(np.unique(result.mask)) <= {0, 1, 2}
+    assert not result.mask[~lungs].any()
+    assert result.slice_probability.shape == (volume.hu.shape[0],)
+    assert np.all(result.slice_probability[:5] == 0)
+    assert np.all((result.slice_probability >= 0) & (result.slice_probability <= 1))
+    assert result.model_version == load_model("lesions").version
+
+
+def test_phantom_ggo_found_and_healthy_lung_clear(phantom):
+    """The phantom's GGO blobs (-550 HU) are mostly labelled GGO, its clear lung is not labelled, and slices with
+    lesions score higher. (Its flat +30 HU consolidation blobs, one against the chest wall, look like soft
+    tissue to a model trained on real consolidation and are not asserted.)"""
+    volume = phantom.volume
+    lungs = phantom.lung_left | phantom.lung_right | (phantom.lesion_labels > 0)
+    result = segment_lesions(volume.hu, lungs, volume.spacing_mm)
+    assert (result.mask[phantom.lesion_labels == 1] == 1).mean() > 0.5
+    assert (result.mask[lungs & (phantom.lesion_labels == 0)] > 0).mean() < 0.01
+    with_lesion = (phantom.lesion_labels > 0).any(axis=(1, 2))
+    with_lung = lungs.any(axis=(1, 2))
+    clear_slices = with_lung & ~with_lesion
+    assert result.slice_probability[with_lesion].mean() > 0.2 > result.slice_probability[clear_slices].mean()
+
+
+def test_empty_lung_mask_runs_nothing():
+    hu = np.full((3, 32, 32), -1000, np.int16)
+    result = segment_lesions(hu, np.zeros(hu.shape, bool), (1.0, 1.0, 1.0))
+    assert not result.mask.any() and not result.slice_probability.any()
+
+
+def test_crop_box_margin_and_minimum_size():
+    lung = np.zeros((100, 100), bool)
+    lung[40:45, 50:52] = True
+    rows, cols = crop_box(lung, (1.0, 1.0))
+    assert rows.stop - rows.start == 60 and cols.stop - cols.start == 60  # MIN_CROP_MM at 1 mm pixels
+    lung[10:90, 10:90] = True
+    rows, cols = crop_box(lung, (1.0, 1.0))
+    assert (rows.start, rows.stop, cols.start, cols.stop) == (0, 100, 0, 100)  # 10 mm margin, clipped
+
+
+def test_real_covid_ct_slices_with_infection_score_higher(p001):
+    """P001 (COVID-19): radiologist per-slice infection labels vs the model's lesion fraction per slice."""
+    with open(require(P001_LABELS)) as handle:
+        infected = np.array([int(row["infection"]) for row in csv.DictReader(handle)])
+    lungs = segment_lungs(p001.hu, p001.spacing_mm).combined
+    result = segment_lesions(p001.hu, lungs, p001.spacing_mm)
+    assert not result.mask[~lungs].any()
+    fraction = (result.mask > 0).sum(axis=(1, 2)) / np.maximum(lungs.sum(axis=(1, 2)), 1)
+    assert roc_auc(infected, fraction) > 0.75
+    assert fraction[infected == 1].mean() > 3 * fraction[infected == 0].mean()
