@@ -89,6 +89,7 @@ class Study(Base):
             "error": self.error,
             "attempts": self.attempts,
             "probability": self.probability,
+            "positive": ((self.report or {}).get("identification") or {}).get("positive"),
             "ct_category": self.ct_category,
             "max_ratio": self.max_ratio,
             "send_status": self.send_status,

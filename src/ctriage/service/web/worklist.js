@@ -30,7 +30,7 @@ function row(study, rank) {
   return `<tr class="row" data-id="${study.id}" title="${text(study.error)}">
     <td>${rank}</td><td>${text(study.patient_name)} ${text(study.patient_id)}</td><td>${text(study.study_date)}</td>
     <td>${text(study.accession_number)}</td><td class="status-${study.status}">${text(status)}</td>
-    <td class="${study.probability >= 0.5 ? "pos" : ""}">${ident}</td>
+    <td class="${study.positive ? "pos" : ""}">${ident}${study.positive ? " +" : ""}</td>
     <td class="cat${study.ct_category ?? ""}">${study.ct_category === null ? "" : "CT-" + study.ct_category}</td>
     <td>${fmt(study.max_ratio, 3)}</td><td>${new Date(study.received_at).toLocaleString()}</td><td>${review}</td></tr>`;
 }
