@@ -52,6 +52,7 @@ def lesions(
     typer.echo(f"{net} {widths}: {sum(p.numel() for p in model.parameters())} parameters; "
                f"train {len(train.names)} + {len(binary.names)} binary, validation {val_names}")
     history = train_lesion_net(model, train, val, binary, config, log=typer.echo)
+    torch.save(model.state_dict(), cache_dir / f"lesions_{net}.pt")  # to fine-tune further without retraining
     if history_json is not None:
         history_json.parent.mkdir(parents=True, exist_ok=True)
         history_json.write_text(json.dumps({"net": net, "features": widths, "config": config.__dict__,
