@@ -90,7 +90,8 @@ def lesions_command(
         return " ".join(f"{row[m]:>10.3f}" if row[m] is not None else f"{'n/a':>10}" for m in METRICS)
 
     typer.echo(f"model {report['model_version']}, {report['n_images']} images")
-    typer.echo(f"{'image':<24}" + " ".join(f"{m[-10:]:>10}" for m in METRICS))
+    headers = ("Dice les.", "Dice GGO", "Dice cons.", "sens.", "spec.")
+    typer.echo(f"{'image':<24}" + " ".join(f"{h:>10}" for h in headers))
     for row in report["images"]:
         typer.echo(f"{row['name'][:24]:<24}" + cells(row))
     typer.echo(f"{'mean':<24}" + cells(report["mean"]))
