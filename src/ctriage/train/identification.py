@@ -21,7 +21,7 @@ import numpy as np
 from scipy import optimize
 
 from ctriage.evaluate.identification import LabelledSlice, SliceSegmenter, slice_masks
-from ctriage.evaluate.metrics import operating_point, roc_auc, sensitivity_specificity
+from ctriage.evaluate.metrics import bootstrap_ci, operating_point, roc_auc, sensitivity_specificity
 from ctriage.identify import lesion_features, model_inputs
 
 INPUT_NAMES = [
@@ -36,6 +36,7 @@ BASELINE_INPUT = ["log_lesion_ratio"]
 L2_PENALTY = 1.0  # on standardised weights, summed log-loss scale
 MIN_SENSITIVITY = 0.9
 N_FOLDS = 5
+BOOTSTRAP_RESAMPLES = 1000
 
 
 @dataclass(frozen=True)
@@ -153,26 +154,27 @@ def out_of_fold(table: FeatureTable, input_names: list[str], train_mask: np.ndar
     return scores
 
 
-def _rates(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
-    """AUC, sensitivity, specificity and counts of one evaluation set at ``threshold``."""
+def _rates(labels: np.ndarray, scores: np.ndarray, threshold: float, patients: np.ndarray) -> dict[str, object]:
+    """AUC (95 % bootstrap CI over ``patients``), sensitivity, specificity at ``threshold``, and counts."""
     sens, spec = sensitivity_specificity(labels == 1, scores >= threshold)
-    return {"auc": roc_auc(labels, scores), "sensitivity": sens, "specificity": spec,
+    low, high = bootstrap_ci(roc_auc, labels, scores, n_resamples=BOOTSTRAP_RESAMPLES, groups=patients)
+    return {"auc": roc_auc(labels, scores), "auc_ci95": [low, high], "sensitivity": sens, "specificity": spec,
             "n_positive": int(labels.sum()), "n_negative": int((labels == 0).sum())}
 
 
-def per_origin_report(table: FeatureTable, scores: np.ndarray, threshold: float) -> dict[str, dict[str, float]]:
+def per_origin_report(table: FeatureTable, scores: np.ndarray, threshold: float) -> dict[str, dict[str, object]]:
     """Each negative origin against all COVID slices, plus all slices and the UCSD-only (paper crops) subset."""
     covid = table.labels == 1
-    report = {"all": _rates(table.labels, scores, threshold)}
+    report = {"all": _rates(table.labels, scores, threshold, table.patients)}
     for name in sorted(set(table.origins[~covid])):
         rows = covid | (table.origins == name)
-        report[f"covid_vs_{name}"] = _rates(table.labels[rows], scores[rows], threshold)
+        report[f"covid_vs_{name}"] = _rates(table.labels[rows], scores[rows], threshold, table.patients[rows])
     ucsd = np.isin(table.origins, ["ucsd_covid_ct", "ucsd_noncovid_crawled", "ucsd_noncovid_medpix"])
-    report["ucsd_only"] = _rates(table.labels[ucsd], scores[ucsd], threshold)
+    report["ucsd_only"] = _rates(table.labels[ucsd], scores[ucsd], threshold, table.patients[ucsd])
     return report
 
 
-def leave_one_origin_out(table: FeatureTable, input_names: list[str]) -> dict[str, dict[str, float]]:
+def leave_one_origin_out(table: FeatureTable, input_names: list[str]) -> dict[str, dict[str, object]]:
     """For each negative origin: train without it (patient folds), score it and held-out COVID folds.
 
     The threshold is the operating point of the out-of-fold scores of the training origins only.
@@ -184,11 +186,12 @@ def leave_one_origin_out(table: FeatureTable, input_names: list[str]) -> dict[st
         scores = out_of_fold(table, input_names, train_mask=~held)
         threshold = operating_point(table.labels[~held], scores[~held], MIN_SENSITIVITY)
         rows = covid | held
-        report[name] = {**_rates(table.labels[rows], scores[rows], threshold), "threshold": threshold}
+        rates = _rates(table.labels[rows], scores[rows], threshold, table.patients[rows])
+        report[name] = {**rates, "threshold": threshold}
     return report
 
 
-def official_split(table: FeatureTable, input_names: list[str]) -> dict[str, float]:
+def official_split(table: FeatureTable, input_names: list[str]) -> dict[str, object]:
     """Fit on UCSD train + val (and all LUNA16 slices), test on UCSD's patient-level test split.
 
     The threshold is the operating point of out-of-fold scores on the training rows.
@@ -198,7 +201,8 @@ def official_split(table: FeatureTable, input_names: list[str]) -> dict[str, flo
     model = fit_logistic(inputs[~test], table.labels[~test])
     train_scores = out_of_fold(table, input_names, train_mask=~test)
     threshold = operating_point(table.labels[~test], train_scores[~test], MIN_SENSITIVITY)
-    return {**_rates(table.labels[test], model.predict(inputs[test]), threshold), "threshold": threshold}
+    rates = _rates(table.labels[test], model.predict(inputs[test]), threshold, table.patients[test])
+    return {**rates, "threshold": threshold}
 
 
 def validate(table: FeatureTable, input_names: list[str]) -> dict[str, object]:
@@ -280,6 +284,12 @@ def train(
         "aggregation": "study probability = mean of the top 5 % slice probabilities over slices with lung area"
                        " >= 25 % of the largest lung slice (ctriage.identify)",
         "training_data": "shared/data/identification_slices (UCSD COVID-CT + LUNA16 slices), all splits",
+        "training": {"command": "ctriage train identification", "date": f"{datetime.now(UTC):%Y-%m-%d}",
+                     "fit": f"class-balanced logistic regression, L2 {L2_PENALTY} on standardised inputs",
+                     "folds": f"{N_FOLDS} patient-grouped, stratified by class",
+                     "auc_ci95": f"percentile bootstrap over patients, {BOOTSTRAP_RESAMPLES} resamples"},
+        "limitations": "separates lesion from no lesion; COVID-19 vs other lung disease (UCSD non-COVID paper "
+                       "figures) is near chance; trained on 2D figure crops and 224 px LUNA16 slices, not studies",
     }
     Path(out_card).write_text(json.dumps(card, indent=2) + "\n")
     return card
