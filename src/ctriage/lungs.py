@@ -277,11 +277,18 @@ def dense_lung_region(lungs: LungMasks, hu: np.ndarray, slices: np.ndarray | Non
     return DenseLungRegion(left=left, right=right)
 
 
-def include_lesions(lungs: LungMasks, lesion_mask: np.ndarray, region: DenseLungRegion) -> LungMasks:
+def include_lesions(
+    lungs: LungMasks,
+    lesion_mask: np.ndarray,
+    region: DenseLungRegion,
+    min_thickness_mm: float = DENSE_LUNG_MIN_THICKNESS_MM,
+) -> LungMasks:
     """Add the lesion voxels that lie in the dense-lung ``region`` to the lung on their side, keeping only
-    parts at least ``DENSE_LUNG_MIN_THICKNESS_MM`` thick in-plane: a consolidated rim of lung is thick, a
-    sliver of chest-wall muscle or pleura along the hull is not."""
-    lesion = _thick_parts((lesion_mask > 0) & (region.left | region.right), lungs.spacing_mm)
+    parts at least ``min_thickness_mm`` thick in-plane: a consolidated rim of lung is thick, a sliver of
+    chest-wall muscle or pleura that a model marks along the hull is not (0 keeps all)."""
+    lesion = (lesion_mask > 0) & (region.left | region.right)
+    if min_thickness_mm > 0:
+        lesion = _thick_parts(lesion, lungs.spacing_mm, min_thickness_mm)
     return LungMasks(
         left=lungs.left | (lesion & region.left),
         right=lungs.right | (lesion & region.right),
@@ -289,12 +296,12 @@ def include_lesions(lungs: LungMasks, lesion_mask: np.ndarray, region: DenseLung
     )
 
 
-def _thick_parts(mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> np.ndarray:
-    """In-plane morphological opening of ``mask`` with a disk of diameter ``DENSE_LUNG_MIN_THICKNESS_MM``."""
+def _thick_parts(mask: np.ndarray, spacing_mm: tuple[float, float, float], thickness_mm: float) -> np.ndarray:
+    """In-plane morphological opening of ``mask`` with a disk of diameter ``thickness_mm``."""
     slices = np.flatnonzero(mask.any(axis=(1, 2)))
     if len(slices) == 0:
         return mask
-    radius = [DENSE_LUNG_MIN_THICKNESS_MM / 2 / s for s in spacing_mm[1:]]
+    radius = [thickness_mm / 2 / s for s in spacing_mm[1:]]
     grid = np.ogrid[-int(radius[0]) : int(radius[0]) + 1, -int(radius[1]) : int(radius[1]) + 1]
     disk = (grid[0] / radius[0]) ** 2 + (grid[1] / radius[1]) ** 2 <= 1.0
     out = np.zeros_like(mask)

@@ -14,7 +14,14 @@ import numpy as np
 from ctriage import __version__
 from ctriage.io import CTVolume, StudySource, find_studies, load_study
 from ctriage.io.nifti import mask_to_canonical
-from ctriage.lungs import HULL_MARGIN_MM, LungMasks, dense_lung_region, include_lesions, segment_lungs
+from ctriage.lungs import (
+    DENSE_LUNG_MIN_THICKNESS_MM,
+    HULL_MARGIN_MM,
+    LungMasks,
+    dense_lung_region,
+    include_lesions,
+    segment_lungs,
+)
 from ctriage.severity import Severity, quantify
 
 Progress = Callable[[str], None]
@@ -65,7 +72,8 @@ def _lesions_in_lungs(
     outside the lungs, and with ``denoise`` drop lesions under ``MIN_LESION_ML``."""
     beyond_aerated = np.flatnonzero(((labels > 0) & ~lungs.combined).any(axis=(1, 2)))
     region = dense_lung_region(lungs, hu, beyond_aerated)
-    lungs = include_lesions(lungs, labels, region)
+    # a model's output is screened for chest-wall slivers; a given (reference) mask is taken as it is
+    lungs = include_lesions(lungs, labels, region, min_thickness_mm=DENSE_LUNG_MIN_THICKNESS_MM if denoise else 0.0)
     labels = np.where(lungs.combined, labels, 0).astype(np.uint8)
     if denoise:
         from ctriage.lesions import remove_small_lesions
