@@ -2,7 +2,8 @@
 
 Each axial slice that contains lung is cropped to the lung bounding box plus a margin, windowed with
 ``LESION_INPUT_WINDOW_HU`` to [0, 1], resized to the model's square input, run through the ONNX model in
-batches, and its class probabilities are resized back onto the crop. Labels are kept inside the lung mask only.
+batches; the class map and the lesion probability are resized back onto the crop. Labels are kept inside the
+lung mask only.
 """
 
 from __future__ import annotations
@@ -39,22 +40,39 @@ def resize_plane(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(image.resize((shape[1], shape[0]), Image.BILINEAR), dtype=np.float32)
 
 
-def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
-    """Numerically stable softmax of float32 logits along ``axis``."""
-    shifted = np.exp(logits - logits.max(axis=axis, keepdims=True))
-    return shifted / shifted.sum(axis=axis, keepdims=True)
+def labels_and_lesion_probability(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 3, H, W) logits -> class map uint8 (N, H, W) by argmax (ties to the lower class) and lesion
+    probability P(GGO) + P(consolidation) float32 (N, H, W), without a full softmax."""
+    background, ggo, consolidation = logits[:, 0], logits[:, 1], logits[:, 2]
+    labels = np.where(consolidation > ggo, np.uint8(2), np.uint8(1))
+    labels[np.maximum(ggo, consolidation) <= background] = 0
+    odds = np.exp(np.clip(ggo - background, -40.0, 40.0)) + np.exp(np.clip(consolidation - background, -40.0, 40.0))
+    return labels, (odds / (1.0 + odds)).astype(np.float32)
 
 
-def predict_probabilities(model: ModelHandle, planes: list[np.ndarray], batch_size: int = 16) -> list[np.ndarray]:
-    """Class probabilities float32 (3, h, w) for each [0, 1] float plane (h, w), at the plane's own size."""
+def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a uint8 (h, w) label map to ``shape`` = (rows, cols)."""
+    if labels.shape == shape:
+        return labels
+    return np.asarray(Image.fromarray(labels).resize((shape[1], shape[0]), Image.NEAREST), dtype=np.uint8)
+
+
+def predict_labels(
+    model: ModelHandle, planes: list[np.ndarray], batch_size: int = 16
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each [0, 1] float plane (h, w): (class map uint8 0/1/2, lesion probability float32) at (h, w).
+
+    Planes are resized bilinearly to the model's square input, run in batches, and the outputs resized back
+    (nearest for the class map, bilinear for the probability).
+    """
     size = model.input_size
-    out: list[np.ndarray] = []
+    out: list[tuple[np.ndarray, np.ndarray]] = []
     for start in range(0, len(planes), batch_size):
         chunk = planes[start:start + batch_size]
         batch = np.stack([resize_plane(p, (size, size)) for p in chunk])[:, None]
-        probabilities = softmax(model.run(batch))
-        out.extend(np.stack([resize_plane(c, p.shape) for c in prob])
-                   for prob, p in zip(probabilities, chunk, strict=True))
+        labels, lesion = labels_and_lesion_probability(model.run(batch))
+        out.extend((resize_labels(c, p.shape), resize_plane(q, p.shape))
+                   for c, q, p in zip(labels, lesion, chunk, strict=True))
     return out
 
 
@@ -93,10 +111,10 @@ def segment_lesions(
     slices = np.flatnonzero(lung_mask.any(axis=(1, 2)))
     boxes = [crop_box(lung_mask[z], (spacing_mm[1], spacing_mm[2])) for z in slices]
     planes = [window(hu[z][box], LESION_INPUT_WINDOW_HU) for z, box in zip(slices, boxes, strict=True)]
-    for z, box, prob in zip(slices, boxes, predict_probabilities(model, planes, batch_size), strict=True):
+    for z, box, (labels, lesion) in zip(slices, boxes, predict_labels(model, planes, batch_size), strict=True):
         lung = lung_mask[z][box]
-        mask[z][box] = np.where(lung, prob.argmax(0), 0).astype(np.uint8)
-        slice_probability[z] = float((1.0 - prob[0])[lung].max())
+        mask[z][box] = np.where(lung, labels, 0)
+        slice_probability[z] = float(lesion[lung].max())
     return LesionResult(mask, slice_probability, model.version)
 
 

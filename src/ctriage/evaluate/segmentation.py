@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ctriage.evaluate.metrics import dice, sensitivity_specificity
-from ctriage.lesions import predict_probabilities
+from ctriage.lesions import predict_labels
 from ctriage.models.registry import ModelHandle
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -107,11 +107,10 @@ def evaluate_folder(
         raise FileNotFoundError(f"no image/mask pairs in {images_dir} and {masks_dir}")
     planes = [read_gray(i).astype(np.float32) / 255.0 for i, _ in pairs]
     rows, maps = [], []
-    for (image_path, mask_path), prob in zip(pairs, predict_probabilities(model, planes, batch_size), strict=True):
+    for (image_path, mask_path), (predicted, _) in zip(pairs, predict_labels(model, planes, batch_size), strict=True):
         reference, multiclass = read_reference(mask_path)
-        if reference.shape != prob.shape[1:]:
-            raise ValueError(f"{mask_path.name}: mask {reference.shape} vs image {prob.shape[1:]}")
-        predicted = prob.argmax(0).astype(np.uint8)
+        if reference.shape != predicted.shape:
+            raise ValueError(f"{mask_path.name}: mask {reference.shape} vs image {predicted.shape}")
         maps.append((reference, multiclass, predicted))
         scores = score_image(reference, multiclass, predicted)
         rows.append({"name": image_path.stem, **{k: defined_or_none(v) for k, v in scores.items()}})
