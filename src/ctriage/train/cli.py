@@ -24,6 +24,7 @@ def lesions(
     finetune_steps: Annotated[int, typer.Option(help="Three-class fine-tuning steps on MedSeg train.")] = 300,
     batch_size: Annotated[int, typer.Option(help="Slices per optimiser step.")] = 12,
     learning_rate: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 2e-3,
+    lesion_class_weight: Annotated[float, typer.Option(help="Loss weight of GGO/consolidation vs background.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed of the validation split and of training.")] = 0,
     n_val: Annotated[int, typer.Option(help="MedSeg radiologist slices held out for validation.")] = 10,
     threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
@@ -47,7 +48,7 @@ def lesions(
     val_names = validation_names(medseg.names, n_val, seed)
     train, val = subset(medseg, val_names, keep=False), subset(medseg, val_names, keep=True)
     config = TrainConfig(pretrain_steps=pretrain_steps, finetune_steps=finetune_steps, batch_size=batch_size,
-                         learning_rate=learning_rate, seed=seed)
+                         learning_rate=learning_rate, seed=seed, lesion_class_weight=lesion_class_weight)
     model = build_net(net, widths)
     typer.echo(f"{net} {widths}: {sum(p.numel() for p in model.parameters())} parameters; "
                f"train {len(train.names)} + {len(binary.names)} binary, validation {val_names}")
@@ -66,7 +67,8 @@ def lesions(
     onnx_path = export_onnx(model, export_dir / "weights" / "lesions.onnx", input_size)
     command = (f"ctriage train lesions --net {net} --features {features} --input-size {input_size} "
                f"--pretrain-steps {pretrain_steps} --finetune-steps {finetune_steps} --batch-size {batch_size} "
-               f"--learning-rate {learning_rate} --seed {seed} --n-val {n_val} --export-dir {export_dir}")
+               f"--learning-rate {learning_rate} --lesion-class-weight {lesion_class_weight} --seed {seed} "
+               f"--n-val {n_val} --export-dir {export_dir}")
     card = {
         "name": "lesions",
         "version": f"lesions-{net}-{datetime.now(UTC):%Y%m%d%H%M}",

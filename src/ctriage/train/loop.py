@@ -37,6 +37,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     eval_every: int = 100
+    lesion_class_weight: float = 1.0  # weight of GGO and consolidation (vs background 1) in CE, Dice and BCE
 
 
 @dataclass
@@ -88,13 +89,14 @@ def lesion_logit(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits[:, 1:], dim=1) - logits[:, 0]
 
 
-def binary_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """BCE + batch soft Dice on the lesion probability; ``labels`` (N, H, W) in {0, 1}."""
+def binary_loss(logits: torch.Tensor, labels: torch.Tensor, lesion_weight: float = 1.0) -> torch.Tensor:
+    """BCE (lesion pixels weighted ``lesion_weight``) + batch soft Dice on the lesion probability;
+    ``labels`` (N, H, W) in {0, 1}."""
     z = lesion_logit(logits)
     target = labels.float()
     prob = torch.sigmoid(z)
     soft_dice = 1 - (2 * (prob * target).sum() + 1) / (prob.sum() + target.sum() + 1)
-    return F.binary_cross_entropy_with_logits(z, target) + soft_dice
+    return F.binary_cross_entropy_with_logits(z, target, pos_weight=torch.tensor(lesion_weight)) + soft_dice
 
 
 def batch_of(data: SliceSet, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,8 +211,10 @@ def train_lesion_net(
         np.concatenate([binary.labels, (train.labels > 0).astype(np.uint8)]),
         binary.names + train.names,
     )
-    run_stage(net, pretrain, binary_loss, config.pretrain_steps, config, evaluate, "pretrain", train.images)
-    dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    weight = config.lesion_class_weight
+    run_stage(net, pretrain, lambda logits, labels: binary_loss(logits, labels, weight), config.pretrain_steps,
+              config, evaluate, "pretrain", train.images)
+    dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, weight=torch.tensor([1.0, weight, weight]))
     run_stage(net, train, lambda logits, labels: dice_ce(logits, labels[:, None]), config.finetune_steps, config,
               evaluate, "finetune", train.images)
     return history
