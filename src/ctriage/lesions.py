@@ -127,10 +127,13 @@ def remove_small_lesions(
     """Drop 3D-connected lesions (GGO and consolidation together) smaller than ``min_volume_ml`` mL."""
     from scipy import ndimage
 
-    components, count = ndimage.label(labels > 0, structure=np.ones((3, 3, 3), bool))
-    if count == 0:
+    if not labels.any():
         return labels
+    box = ndimage.find_objects((labels > 0).astype(np.uint8))[0]
+    components, count = ndimage.label(labels[box] > 0, structure=np.ones((3, 3, 3), bool))
     volume_ml = np.bincount(components.ravel()) * float(np.prod(spacing_mm)) / 1000.0
     keep = volume_ml >= min_volume_ml
     keep[0] = False
-    return np.where(keep[components], labels, 0).astype(np.uint8)
+    out = np.zeros_like(labels)
+    out[box] = np.where(keep[components], labels[box], 0)
+    return out

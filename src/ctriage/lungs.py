@@ -298,14 +298,14 @@ def include_lesions(
 
 def _thick_parts(mask: np.ndarray, spacing_mm: tuple[float, float, float], thickness_mm: float) -> np.ndarray:
     """In-plane morphological opening of ``mask`` with a disk of diameter ``thickness_mm``."""
-    slices = np.flatnonzero(mask.any(axis=(1, 2)))
-    if len(slices) == 0:
+    if not mask.any():
         return mask
     radius = [thickness_mm / 2 / s for s in spacing_mm[1:]]
     grid = np.ogrid[-int(radius[0]) : int(radius[0]) + 1, -int(radius[1]) : int(radius[1]) + 1]
     disk = (grid[0] / radius[0]) ** 2 + (grid[1] / radius[1]) ** 2 <= 1.0
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
     out = np.zeros_like(mask)
-    out[slices] = ndimage.binary_opening(mask[slices], structure=disk[None])
+    out[box] = ndimage.binary_opening(mask[box], structure=disk[None])
     return out
 
 

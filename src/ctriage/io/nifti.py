@@ -45,6 +45,10 @@ def mask_to_canonical(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
 
 
 def save_nifti(array: np.ndarray, affine_lps: np.ndarray, path: Path) -> Path:
-    """Write a canonical (z, y, x) array as NIfTI with the matching RAS affine."""
-    nib.save(nib.Nifti1Image(array, RAS_TO_LPS @ affine_lps), str(path))
+    """Write a canonical (z, y, x) array as NIfTI, stored (x, y, z) as viewers expect, with the RAS affine.
+
+    The (x, y, z) view of a C-ordered array is Fortran-ordered, which is NIfTI's layout: no copy on writing.
+    """
+    xyz_affine = affine_lps[:, [2, 1, 0, 3]]
+    nib.save(nib.Nifti1Image(np.asarray(array).transpose(2, 1, 0), RAS_TO_LPS @ xyz_affine), str(path))
     return path
