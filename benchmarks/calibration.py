@@ -22,7 +22,8 @@ from PIL import Image  # noqa: E402
 from ctriage.evaluate.slices import read_slice_labels, slice_agreement  # noqa: E402
 from ctriage.io import load_volume  # noqa: E402
 from ctriage.lesions import segment_lesions  # noqa: E402
-from ctriage.lungs import dense_lung_region, include_lesions, segment_lungs  # noqa: E402
+from ctriage.lungs import segment_lungs  # noqa: E402
+from ctriage.pipeline import lesion_search_area, lesions_in_lungs  # noqa: E402
 from ctriage.preprocess import LESION_INPUT_WINDOW_HU, window  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,15 +61,12 @@ def main() -> None:
           f"{(255 - intercept) / slope:.0f}] HU (product uses {LESION_INPUT_WINDOW_HU})")
 
     reference = read_slice_labels(P001 / "slice_labels.csv", volume.slice_files)
-    region = dense_lung_region(lungs, volume.hu)
-    allowed = lungs.combined | region.left | region.right
+    search_area = lesion_search_area(lungs, volume.spacing_mm)
     rows = []
-    for name, window_hu in WINDOWS.items():
-        lesions = segment_lesions(volume.hu, allowed, volume.spacing_mm, window_hu=window_hu)
-        final = include_lesions(lungs, lesions.mask, region)
-        mask = np.where(final.combined, lesions.mask, 0)
-        agreement = slice_agreement(mask, volume.spacing_mm, reference)
-        rows.append((name, window_hu, agreement))
+    for name, window_hu in WINDOWS.items():  # the pipeline's lesion stage, with the window swapped
+        lesions = segment_lesions(volume.hu, search_area, volume.spacing_mm, window_hu=window_hu)
+        _, mask = lesions_in_lungs(lungs, lesions.mask, volume.hu, volume.spacing_mm, True)
+        rows.append((name, window_hu, slice_agreement(mask, volume.spacing_mm, reference)))
 
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     bins = np.linspace(0, 255, 52)

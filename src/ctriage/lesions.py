@@ -96,11 +96,13 @@ def segment_lesions(
     spacing_mm: tuple[float, float, float],
     model: ModelHandle | None = None,
     batch_size: int = 16,
+    window_hu: tuple[float, float] = LESION_INPUT_WINDOW_HU,
 ) -> LesionResult:
     """Segment GGO and consolidation in ``hu`` (int16, z-y-x) inside ``lung_mask`` (bool, z-y-x).
 
     ``spacing_mm`` = (z, y, x) voxel size in mm sets the crop margin; ``model`` defaults to the registry's
-    "lesions" model. Only slices with lung are run.
+    "lesions" model; ``window_hu`` (low, high) maps HU onto the model's [0, 1] input (calibration studies
+    only: the model was trained for the default). Only slices with lung are run.
     """
     if hu.shape != lung_mask.shape:
         raise ValueError(f"hu {hu.shape} and lung_mask {lung_mask.shape} differ in shape")
@@ -110,7 +112,7 @@ def segment_lesions(
     slice_probability = np.zeros(hu.shape[0], np.float32)
     slices = np.flatnonzero(lung_mask.any(axis=(1, 2)))
     boxes = [crop_box(lung_mask[z], (spacing_mm[1], spacing_mm[2])) for z in slices]
-    planes = [window(hu[z][box], LESION_INPUT_WINDOW_HU) for z, box in zip(slices, boxes, strict=True)]
+    planes = [window(hu[z][box], window_hu) for z, box in zip(slices, boxes, strict=True)]
     for z, box, (labels, lesion) in zip(slices, boxes, predict_labels(model, planes, batch_size), strict=True):
         lung = lung_mask[z][box]
         mask[z][box] = np.where(lung, labels, 0)

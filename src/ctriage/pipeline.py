@@ -65,7 +65,7 @@ class StudyResult:
         }
 
 
-def _lesions_in_lungs(
+def lesions_in_lungs(
     lungs: LungMasks, labels: np.ndarray, hu: np.ndarray, spacing_mm: tuple[float, float, float], denoise: bool
 ) -> tuple[LungMasks, np.ndarray]:
     """Give lesion voxels in the dense-lung region next to the lungs to the lungs, drop those elsewhere
@@ -127,7 +127,7 @@ def analyze_volume(
             lesions = segment_lesions(volume.hu, lesion_search_area(lungs, volume.spacing_mm), volume.spacing_mm)
             lesion_labels, slice_probability = lesions.mask, lesions.slice_probability
             models["lesions"] = lesions.model_version
-        lungs, lesion_labels = _lesions_in_lungs(lungs, lesion_labels, volume.hu, volume.spacing_mm, from_model)
+        lungs, lesion_labels = lesions_in_lungs(lungs, lesion_labels, volume.hu, volume.spacing_mm, from_model)
         source = f"model {models['lesions']}" if from_model else "given mask"
     identification = None
     with _timed(timings, "identification", progress):
