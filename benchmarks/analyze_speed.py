@@ -61,8 +61,14 @@ def run_case(path: Path) -> dict:
         write_outputs(result, Path(outdir))
         result.timings_s["report"] = time.perf_counter() - report_start
     total = time.perf_counter() - start
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"slices": result.volume.shape[0], "timings_s": result.timings_s, "total_s": total, "peak_rss_mib": peak_mib}
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "slices": result.volume.shape[0],
+        "timings_s": result.timings_s,
+        "total_s": total,
+        "cpu_s": usage.ru_utime + usage.ru_stime,  # whole process, imports included
+        "peak_rss_mib": usage.ru_maxrss / 1024,
+    }
 
 
 def main() -> None:
@@ -93,13 +99,14 @@ def main() -> None:
                 )
                 runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
             rows.append((name, min(runs, key=lambda r: r["total_s"])))
-    header = "| case | " + " | ".join(STAGES) + " | total s | peak RSS MiB |"
-    print(f"{args.cores} cores ({cpus}), best of {args.repeats}\n")
+    header = "| case | " + " | ".join(STAGES) + " | total s | process CPU s | peak RSS MiB |"
+    print(f"{args.cores} cores ({cpus}), best of {args.repeats}, load average before: {os.getloadavg()[0]:.1f}\n")
     print(header)
-    print("|" + "---|" * (len(STAGES) + 3))
+    print("|" + "---|" * (len(STAGES) + 4))
     for name, run in rows:
         cells = [f"{run['timings_s'].get(stage, 0.0):.2f}" for stage in STAGES]
-        print(f"| {name} | " + " | ".join(cells) + f" | {run['total_s']:.2f} | {run['peak_rss_mib']:.0f} |")
+        cells += [f"{run['total_s']:.2f}", f"{run['cpu_s']:.1f}", f"{run['peak_rss_mib']:.0f}"]
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
