@@ -201,12 +201,14 @@ def _load_single_frame_series(members: list[_Header], source: Path, workers: int
     slice_gap = _check_gaps(positions_mm, source)
     first = members[0].ds
     plugin = _decoding_plugin(first.file_meta.TransferSyntaxUID)
+    stack = np.empty((len(members), int(first.Rows), int(first.Columns)), np.int16)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        decoded = list(pool.map(lambda h: _decode(h.path, plugin), members))
-    shapes = {pixels.shape for pixels, _, _ in decoded}
-    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
-        raise NotVolumeError(f"{source}: slices have differing or non-2D shapes {sorted(shapes)}")
-    stack = np.stack([_to_hu(p, s, i) for p, s, i in decoded])
+        for index, (pixels, slope, intercept) in enumerate(pool.map(lambda h: _decode(h.path, plugin), members)):
+            if pixels.shape != stack.shape[1:]:
+                raise NotVolumeError(
+                    f"{members[index].path}: slice of shape {pixels.shape} in a series of {stack.shape[1:]} slices"
+                )
+            stack[index] = _to_hu(pixels, slope, intercept)
     row_mm, col_mm = (float(v) for v in first.PixelSpacing)
     origin = np.asarray([float(v) for v in first.ImagePositionPatient])
     # array axes (slice, row, column): along a row index we move down a column, i.e. along IOP[3:6]

@@ -56,7 +56,8 @@ def severity_projection(
     of the lung along that ray (0..1, magma-like 'hot' map), shown where the ray crosses lung. Rows are scaled
     so that the picture has the patient's true proportions.
     """
-    attenuation = np.clip((hu.astype(np.float32) + 1024.0) / 2048.0, 0, 1).mean(axis=1)
+    # mean of min(HU, 1024) along each ray, accumulated in float32 without a float copy of the volume
+    attenuation = (np.minimum(hu, 1024).mean(axis=1, dtype=np.float32) + 1024.0) / 2048.0
     lo, hi = np.percentile(attenuation, [1, 99.5])
     grey = np.clip((attenuation - lo) / max(hi - lo, 1e-6), 0, 1)
     lung_depth = lung.sum(axis=1).astype(np.float32)
