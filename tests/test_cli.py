@@ -42,6 +42,15 @@ def test_analyze_with_given_lesion_mask(tmp_path, phantom_files, phantom):
     assert report["files"]["overlays"]
 
 
+def test_no_lungs_is_a_warning_not_a_crash(tmp_path):
+    write_series(tmp_path / "abdomen", Z_20)  # uniform soft tissue: no lung at all
+    result = runner.invoke(app, ["analyze", str(tmp_path / "abdomen"), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "not a chest CT" in result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["severity"]["ct_category"] == 0 and report["warnings"]
+
+
 def _bad(args: list[str], expected: str) -> None:
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output

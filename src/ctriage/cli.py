@@ -91,6 +91,8 @@ def analyze(
             if result.identification is not None:
                 summary += f"  COVID-19 p={result.identification.probability:.2f}"
             console.print(f"{study.label}: {summary}  -> {target / 'report.json'}")
+            for warning in result.warnings:
+                console.print(f"[yellow]warning:[/] {study.label}: {warning}")
     if failures:
         raise typer.Exit(EXIT_BAD_INPUT)
 

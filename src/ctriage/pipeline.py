@@ -25,6 +25,7 @@ from ctriage.lungs import (
 from ctriage.severity import Severity, quantify
 
 Progress = Callable[[str], None]
+MIN_PLAUSIBLE_LUNG_ML = 1000.0  # adult lungs hold several litres; far less means no (whole) chest in the scan
 
 
 @dataclass
@@ -39,6 +40,7 @@ class StudyResult:
     identification: Any | None = None
     lesion_source: str = ""
     models: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
 
     def lung_labels(self) -> np.ndarray:
@@ -59,6 +61,7 @@ class StudyResult:
                 "orientation": "z head->feet, y anterior->posterior, x patient right->left",
             },
             "lesion_source": self.lesion_source,
+            "warnings": self.warnings,
             "severity": self.severity.to_dict(),
             "identification": identification,
             "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
@@ -136,7 +139,14 @@ def analyze_volume(
             models["identification"] = identification.model_version
     with _timed(timings, "severity", progress):
         severity = quantify(lungs.left, lungs.right, lesion_labels, volume.spacing_mm)
+    warnings = []
+    if severity.lung_ml < MIN_PLAUSIBLE_LUNG_ML:
+        warnings.append(
+            f"only {severity.lung_ml:.0f} mL of lung found: not a chest CT, or the lungs are only partly in the "
+            "field of view; severity and identification are not meaningful"
+        )
     return StudyResult(
+        warnings=warnings,
         volume=volume,
         lung_left=lungs.left,
         lung_right=lungs.right,
