@@ -2,8 +2,8 @@
 
 Runs each case in a fresh process (so peak RSS is that case's own) on the cores given (default 2, the CI and
 target size), and prints a Markdown table. Cases: COVID-CT-MD P001 (148 x 512 x 512, JPEG-LS) and a 300-slice
-512 x 512 JPEG-LS series made by repeating P001's compressed slices at new positions (P001 then P001 again
-below it), so decoding is measured on real compressed data.
+512 x 512 JPEG-LS series made by interpolating P001 along z (the same chest in thinner slices), compressed
+again, so decoding is measured on compressed data.
 
     python benchmarks/analyze_speed.py [--cores 2] [--repeats 2]
 """
@@ -23,26 +23,33 @@ P001 = REPO.parent / "shared" / "data" / "ct_volumes" / "covidctmd_P001_covid19"
 STAGES = ("load", "lungs", "lesions", "identification", "severity", "report")
 
 
-def make_300_slice_series(target: Path) -> Path:
-    """Write a 300-slice series: P001's 148 slices, again 148 below them, and 4 more, positions 2 mm apart."""
+def make_300_slice_series(target: Path, slices: int = 300) -> Path:
+    """Write P001 interpolated along z to ``slices`` slices (linear, thinner slices over the same chest) as a
+    JPEG-LS lossless series with new UIDs, file names out of slice order, as P001 itself."""
+    import numpy as np
     import pydicom
-    from pydicom.uid import generate_uid
+    from pydicom.uid import JPEGLSLossless, generate_uid
+    from scipy import ndimage
 
-    files = sorted(
-        P001.iterdir(), key=lambda f: -float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2])
-    )
+    datasets = sorted((pydicom.dcmread(f) for f in P001.iterdir()), key=lambda ds: -float(ds.ImagePositionPatient[2]))
+    stored = np.stack([ds.pixel_array for ds in datasets])  # stored values, head first
+    resized = ndimage.zoom(stored.astype(np.float32), (slices / len(datasets), 1, 1), order=1, grid_mode=False)
+    resized = np.rint(resized).astype(stored.dtype)
+    top = float(datasets[0].ImagePositionPatient[2])
+    gap = (top - float(datasets[-1].ImagePositionPatient[2])) / (slices - 1)
     target.mkdir(parents=True, exist_ok=True)
-    series_uid, top = generate_uid(), None
-    for index in range(300):
-        ds = pydicom.dcmread(files[index % len(files)])
-        top = float(ds.ImagePositionPatient[2]) if top is None else top
-        ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], top - 2.0 * index]
-        ds.SliceLocation = top - 2.0 * index
+    series_uid = generate_uid()
+    for index in range(slices):
+        ds = datasets[min(len(datasets) - 1, round(index * (len(datasets) - 1) / (slices - 1)))]
+        ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], top - gap * index]
+        ds.SliceLocation = top - gap * index
+        ds.SliceThickness = round(gap, 3)
         ds.InstanceNumber = index + 1
         ds.SeriesInstanceUID = series_uid
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.save_as(target / f"slice_{(index * 7919) % 300:03d}.dcm")  # names out of slice order, as in P001
+        ds.compress(JPEGLSLossless, resized[index], encoding_plugin="pyjpegls")
+        ds.save_as(target / f"slice_{(index * 7919) % slices:03d}.dcm")  # names out of slice order, as in P001
     return target
 
 

@@ -36,7 +36,7 @@ def test_features_of_a_hand_made_slice() -> None:
     lesion = np.zeros(left.shape, np.uint8)
     lesion[13:15, 25:35] = 1  # left lung: 20 px GGO, its two posterior rows
     lesion[9, 5:10] = 2  # right lung: 5 px consolidation on the middle row, from the lateral edge
-    f = lesion_features(lesion, left, right, (0.7, 0.7))
+    f = lesion_features(lesion, left, right, (2.0, 2.0))  # 2 mm pixels: depth is measured on this very grid
     assert f["left_ratio"] == pytest.approx(0.20)
     assert f["right_ratio"] == pytest.approx(0.05)
     assert f["lesion_ratio"] == pytest.approx(25 / 200)

@@ -7,7 +7,7 @@ import numpy as np
 from ctriage.evaluate.metrics import dice
 from ctriage.io import load_volume
 from ctriage.io.nifti import mask_to_canonical
-from ctriage.lungs import dense_lung_region, include_lesions, segment_lungs
+from ctriage.lungs import add_dense_lung, segment_lungs
 from tests.conftest import TOTALSEG, require
 
 LEFT_LOBES, RIGHT_LOBES = (10, 11), (13, 14)  # labels present on example_ct_sm (TotalSegmentator v2)
@@ -36,7 +36,7 @@ def test_peripheral_consolidation_is_lung(phantom):
     lesion = phantom.lesion_labels > 0
     aerated = segment_lungs(volume.hu, volume.spacing_mm)
     assert (lesion & aerated.combined).sum() < 0.6 * lesion.sum()  # the threshold mask alone loses it
-    lungs = include_lesions(aerated, phantom.lesion_labels, dense_lung_region(aerated, volume.hu))
+    lungs = add_dense_lung(aerated, phantom.lesion_labels, volume.hu)
     # the thin tips of the blob on its first and last slices fall under the 5 mm thickness rule
     assert (lesion & lungs.combined).sum() >= 0.97 * lesion.sum()
     assert dice(phantom.lung_left, lungs.left) > 0.98

@@ -20,6 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from ctriage.models.registry import ModelHandle, load_model
+from ctriage.preprocess import work_grid_factor
 
 MIN_SLICE_LUNG_FRACTION = 0.25
 TOP_SLICE_FRACTION = 0.05
@@ -63,20 +64,26 @@ def _in_plane_spacing(spacing_mm: tuple[float, ...]) -> tuple[float, float]:
 LUNG_LEFT, LUNG_RIGHT, LESION_LEFT, LESION_RIGHT, N_GGO, N_PERIPHERAL, N_POSTERIOR = range(7)
 
 
-def _lung_counts(lesion: np.ndarray, lung: np.ndarray, spacing_yx_mm: tuple[float, float]) -> tuple[int, int]:
+def _lung_counts(
+    lesion: np.ndarray, lung: np.ndarray, spacing_yx_mm: tuple[float, float], factor: int
+) -> tuple[int, int]:
     """(peripheral, posterior) lesion pixels of one lung on one slice.
 
     Peripheral: in-plane distance to the lung border / the slice's largest such distance in that lung <=
-    ``PERIPHERAL_DEPTH`` (no absolute scale needed); posterior: a larger row (y) index than the lung's mean row.
+    ``PERIPHERAL_DEPTH`` (no absolute scale needed), measured on the working grid (every ``factor``-th pixel);
+    posterior: a larger row (y) index than the lung's mean row.
     """
     lesion_rows, lesion_cols = np.nonzero(lesion)
     if lesion_rows.size == 0:
         return 0, 0
     rows, cols = np.nonzero(lung)
-    r0, c0 = rows.min() - 1, cols.min() - 1  # crop to the lung with a one-pixel background rim
-    crop = np.pad(lung[r0 + 1:rows.max() + 1, c0 + 1:cols.max() + 1], 1)
-    depth = ndimage.distance_transform_edt(crop, sampling=spacing_yx_mm)
-    relative = depth[lesion_rows - r0, lesion_cols - c0] / depth.max()
+    start = factor // 2
+    r0, c0 = rows.min() - start, cols.min() - start  # crop to the lung on the working grid, one-pixel rim
+    grid = np.pad(lung[r0 + start : rows.max() + 1 : factor, c0 + start : cols.max() + 1 : factor], 1)
+    depth = ndimage.distance_transform_edt(grid, sampling=(spacing_yx_mm[0] * factor, spacing_yx_mm[1] * factor))
+    at_lesions = depth[np.minimum((lesion_rows - r0) // factor + 1, depth.shape[0] - 1),
+                       np.minimum((lesion_cols - c0) // factor + 1, depth.shape[1] - 1)]
+    relative = at_lesions / max(float(depth.max()), 1e-6)
     return int((relative <= PERIPHERAL_DEPTH).sum()), int((lesion_rows > rows.mean()).sum())
 
 
@@ -91,16 +98,21 @@ def slice_counts(
     left = _as_volume(lung_left).astype(bool)
     right = _as_volume(lung_right).astype(bool)
     spacing_yx = _in_plane_spacing(spacing_mm)
+    factor = work_grid_factor((1.0, *spacing_yx))
+
+    def per_slice(mask: np.ndarray) -> np.ndarray:
+        return np.count_nonzero(mask.reshape(mask.shape[0], -1), axis=1)
+
     counts = np.zeros((lesion_mask.shape[0], 7), np.int64)
-    counts[:, LUNG_LEFT] = left.sum(axis=(1, 2))
-    counts[:, LUNG_RIGHT] = right.sum(axis=(1, 2))
+    counts[:, LUNG_LEFT] = per_slice(left)
+    counts[:, LUNG_RIGHT] = per_slice(right)
     lesion = lesion_mask > 0
-    counts[:, LESION_LEFT] = (lesion & left).sum(axis=(1, 2))
-    counts[:, LESION_RIGHT] = (lesion & right).sum(axis=(1, 2))
-    counts[:, N_GGO] = ((lesion_mask == GGO) & (left | right)).sum(axis=(1, 2))
+    counts[:, LESION_LEFT] = per_slice(lesion & left)
+    counts[:, LESION_RIGHT] = per_slice(lesion & right)
+    counts[:, N_GGO] = per_slice((lesion_mask == GGO) & (left | right))
     for z in np.flatnonzero(counts[:, LESION_LEFT] + counts[:, LESION_RIGHT]):
         for lung in (left[z], right[z]):
-            peripheral, posterior = _lung_counts(lesion[z] & lung, lung, spacing_yx)
+            peripheral, posterior = _lung_counts(lesion[z] & lung, lung, spacing_yx, factor)
             counts[z, N_PERIPHERAL] += peripheral
             counts[z, N_POSTERIOR] += posterior
     return counts

@@ -4,18 +4,21 @@ The mask is meant for severity (lesion / lung), so it must contain diseased lung
 enclosed by aerated lung are filled slice by slice here. Dense lung along the chest wall (peripheral
 consolidation, atelectasis next to an effusion) is not air and cannot be told from liver or heart by HU
 alone, so :func:`dense_lung_region` gives the region where it may lie (each lung's convex hull per slice,
-not bone, beyond the aerated lung seen from the body centre), and :func:`include_lesions` adds the lesion
+not bone, beyond the aerated lung seen from the body centre), and :func:`add_dense_lung` adds the lesion
 model's findings inside that region back to the lungs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
+from PIL import Image, ImageDraw
 from scipy import ndimage
 from scipy.spatial import ConvexHull
-from skimage.draw import polygon
+
+from ctriage.preprocess import block_counts, subsample, upsample, work_grid_factor
 
 AIR_HU = -400.0  # lung parenchyma (about -850 HU) and airways are below this; soft tissue is above
 BODY_HU = -500.0
@@ -23,7 +26,6 @@ DENSE_LUNG_MAX_HU = 200.0  # hull additions denser than this are bone, not lung
 ANGLE_STEP_DEG = 2
 DENSE_LUNG_MIN_THICKNESS_MM = 5.0
 HULL_MARGIN_MM = 10.0  # dense lung may reach this far beyond the aerated lung's convex hull
-WORK_PIXEL_MM = 2.0  # in-plane pixel size the mask is computed at
 AIRWAY_MAX_AREA_MM2 = 700.0  # a separate air region this small near the midline is trachea / main bronchus
 MIN_LUNG_ML = 20.0
 LUNG_MIN_MEDIAN_HU = -960.0  # median HU of a lung component is above this; bowel gas is below
@@ -37,8 +39,9 @@ class LungMasks:
     right: np.ndarray
     spacing_mm: tuple[float, float, float]
 
-    @property
+    @cached_property
     def combined(self) -> np.ndarray:
+        """Both lungs, bool (z, y, x); computed once (the masks are not changed after construction)."""
         return self.left | self.right
 
     @property
@@ -55,17 +58,6 @@ class LungMasks:
         out[self.right] = 1
         out[self.left] = 2
         return out
-
-
-def _downsample_factor(spacing_mm: tuple[float, float, float]) -> int:
-    return max(1, int(round(WORK_PIXEL_MM / min(spacing_mm[1], spacing_mm[2]))))
-
-
-def _subsample(hu: np.ndarray, factor: int) -> np.ndarray:
-    """Every ``factor``-th pixel in-plane (centre of each block): HU thresholds far from tissue edges need no
-    averaging, and this costs nothing."""
-    start = factor // 2
-    return hu[:, start::factor, start::factor][:, : hu.shape[1] // factor, : hu.shape[2] // factor]
 
 
 def body_mask(hu: np.ndarray) -> np.ndarray:
@@ -174,40 +166,50 @@ def _fill_slices(mask: np.ndarray) -> np.ndarray:
 def segment_lungs(hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> LungMasks:
     """Segment left and right lungs of a canonical HU volume (z, y, x) with spacing (z, y, x) in mm.
 
-    The masks hold the aerated lung with its vessels and enclosed lesions; see :func:`include_lesions`
+    The masks hold the aerated lung with its vessels and enclosed lesions; see :func:`add_dense_lung`
     for dense lung along the chest wall.
     """
-    factor = _downsample_factor(spacing_mm)
-    small = _subsample(hu, factor)
+    factor = work_grid_factor(spacing_mm)
+    small = subsample(hu, factor)
     small_spacing = (spacing_mm[0], spacing_mm[1] * factor, spacing_mm[2] * factor)
     body = body_mask(small)
     air = _remove_airways((small < AIR_HU) & body, small_spacing[1] * small_spacing[2])
     lungs = _keep_lungs(air, small, float(np.prod(small_spacing)) / 1000.0)
     left, right = split_left_right(lungs)
     left, right = _fill_slices(left), _fill_slices(right)
-    left = _upsample(left, factor, hu.shape)
-    return LungMasks(left=left, right=_upsample(right, factor, hu.shape) & ~left, spacing_mm=spacing_mm)
+    left = upsample(left, factor, hu.shape)
+    return LungMasks(left=left, right=upsample(right, factor, hu.shape) & ~left, spacing_mm=spacing_mm)
 
 
-def _slice_hull(section: np.ndarray) -> np.ndarray:
-    """Filled convex hull of a 2D mask."""
-    points = np.argwhere(section)
-    hull = np.zeros_like(section)
-    if len(points) < 3 or np.linalg.matrix_rank(points - points[0]) < 2:
-        hull[section] = True
-        return hull
-    vertices = points[ConvexHull(points).vertices]
-    rows, cols = polygon(vertices[:, 0], vertices[:, 1], shape=section.shape)
-    hull[rows, cols] = True
-    return hull | section
+def _grown_hull(section: np.ndarray, margin_px: tuple[float, float]) -> np.ndarray:
+    """The convex hull of a 2D mask grown by ``margin_px`` (rows, columns) in every direction, filled."""
+    rows = np.flatnonzero(section.any(axis=1))
+    first = np.argmax(section[rows], axis=1)
+    last = section.shape[1] - 1 - np.argmax(section[rows, ::-1], axis=1)
+    points = np.concatenate([np.stack([rows, first], 1), np.stack([rows, last], 1)]).astype(float)
+    angles = np.radians(np.arange(0, 360, 15))
+    offsets = np.stack([margin_px[0] * np.sin(angles), margin_px[1] * np.cos(angles)], 1)
+    if len(points) >= 3 and np.linalg.matrix_rank(points - points[0]) == 2:
+        points = points[ConvexHull(points).vertices]  # the row ends hold the hull; its corners are enough
+    grown = (points[:, None, :] + offsets[None]).reshape(-1, 2)
+    vertices = grown[ConvexHull(grown).vertices]
+    image = Image.new("1", (section.shape[1], section.shape[0]))
+    ImageDraw.Draw(image).polygon([(float(c), float(r)) for r, c in vertices], fill=1, outline=1)
+    return np.asarray(image, dtype=bool) | section
 
 
 @dataclass
 class DenseLungRegion:
-    """Where dense (non-aerated) lung may lie next to each aerated lung: bool (z, y, x) per side."""
+    """Where dense (non-aerated) lung may lie beside each aerated lung, on the working grid: bool
+    (z, y // f, x // f) per side, f = ``factor`` (see :func:`ctriage.preprocess.subsample`)."""
 
     left: np.ndarray
     right: np.ndarray
+    factor: int
+
+    def upsampled(self, shape: tuple[int, int, int]) -> np.ndarray:
+        """Both sides together as a bool mask on the voxel grid of ``shape``."""
+        return upsample(self.left | self.right, self.factor, shape)
 
 
 def _beyond_lung(lung: np.ndarray, candidates: np.ndarray, centre: tuple[float, float]) -> np.ndarray:
@@ -235,87 +237,79 @@ def _beyond_lung(lung: np.ndarray, candidates: np.ndarray, centre: tuple[float, 
 
 
 def _side_region(lung: np.ndarray, hu: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray:
-    hulls = np.zeros_like(lung)
-    for k in np.flatnonzero(lung.any(axis=(1, 2))):
-        rows, cols = np.nonzero(lung[k])
-        if len(rows) >= 30:
-            box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
-            hulls[k][box] = _slice_hull(lung[k][box])
-    # grow each slice's hull by about HULL_MARGIN_MM in-plane (alternating cross / square steps: an octagon)
-    steps = max(1, int(round(HULL_MARGIN_MM / min(pixel_mm))))
-    cross = ndimage.generate_binary_structure(2, 1)[None]
-    square = np.ones((1, 3, 3), bool)
-    near_hull = hulls
-    for step in range(steps):
-        near_hull = ndimage.binary_dilation(near_hull, structure=cross if step % 2 else square)
-    candidates = near_hull & ~lung & (hu < DENSE_LUNG_MAX_HU)
+    """Dense-lung region of one lung on the slices of ``lung`` (bool, z-y-x) with working-grid ``hu``."""
+    margin_px = (HULL_MARGIN_MM / pixel_mm[0], HULL_MARGIN_MM / pixel_mm[1])
     region = np.zeros_like(lung)
-    for k in np.flatnonzero(candidates.any(axis=(1, 2))):
+    for k in np.flatnonzero(lung.any(axis=(1, 2))):
+        if np.count_nonzero(lung[k]) < 30:
+            continue
+        candidates = _grown_hull(lung[k], margin_px) & ~lung[k] & (hu[k] < DENSE_LUNG_MAX_HU)
         body_rows, body_cols = np.nonzero(hu[k] > BODY_HU)
-        region[k] = _beyond_lung(lung[k], candidates[k], (body_rows.mean(), body_cols.mean()))
+        region[k] = _beyond_lung(lung[k], candidates, (body_rows.mean(), body_cols.mean()))
     return region
 
 
 def dense_lung_region(lungs: LungMasks, hu: np.ndarray, slices: np.ndarray | None = None) -> DenseLungRegion:
-    """Per slice and lung: the convex hull of the aerated lung grown by 10 mm, outside both masks, not bone
-    (> 200 HU), and beyond the aerated lung as seen from the body's centre (see :func:`_beyond_lung`).
+    """Per slice and lung, on the working grid: the convex hull of the aerated lung grown by 10 mm, outside
+    both masks, not bone (> 200 HU), and beyond the aerated lung as seen from the body's centre (see
+    :func:`_beyond_lung`).
 
     Every step works slice by slice, so ``slices`` (z indices) limits the work to where it is needed; the
     region is empty elsewhere.
     """
+    factor = work_grid_factor(lungs.spacing_mm)
     slices = np.arange(hu.shape[0]) if slices is None else np.asarray(slices, int)
-    factor = _downsample_factor(lungs.spacing_mm)
-    small = _subsample(hu[slices], factor)
+    left_small, right_small = subsample(lungs.left, factor), subsample(lungs.right, factor)
     pixel_mm = (lungs.spacing_mm[1] * factor, lungs.spacing_mm[2] * factor)
-    left_small, right_small = _subsample(lungs.left[slices], factor), _subsample(lungs.right[slices], factor)
-    left_small = _side_region(left_small, small, pixel_mm)
-    right_small = _side_region(right_small, small, pixel_mm) & ~left_small
-    left, right = np.zeros(hu.shape, bool), np.zeros(hu.shape, bool)
-    shape = (len(slices), *hu.shape[1:])
-    left[slices] = _upsample(left_small, factor, shape) & ~(lungs.left[slices] | lungs.right[slices])
-    right[slices] = _upsample(right_small, factor, shape) & ~(lungs.left[slices] | lungs.right[slices])
-    return DenseLungRegion(left=left, right=right)
+    left, right = np.zeros(left_small.shape, bool), np.zeros(left_small.shape, bool)
+    if len(slices):
+        small_hu, aerated = subsample(hu[slices], factor), left_small[slices] | right_small[slices]
+        left[slices] = _side_region(left_small[slices], small_hu, pixel_mm) & ~aerated
+        right[slices] = _side_region(right_small[slices], small_hu, pixel_mm) & ~aerated & ~left[slices]
+    return DenseLungRegion(left=left, right=right, factor=factor)
 
 
-def include_lesions(
+def add_dense_lung(
     lungs: LungMasks,
     lesion_mask: np.ndarray,
-    region: DenseLungRegion,
+    hu: np.ndarray,
     min_thickness_mm: float = DENSE_LUNG_MIN_THICKNESS_MM,
 ) -> LungMasks:
-    """Add the lesion voxels that lie in the dense-lung ``region`` to the lung on their side, keeping only
-    parts at least ``min_thickness_mm`` thick in-plane: a consolidated rim of lung is thick, a sliver of
-    chest-wall muscle or pleura that a model marks along the hull is not (0 keeps all)."""
-    lesion = (lesion_mask > 0) & (region.left | region.right)
+    """Give each lung the lesion (``lesion_mask`` > 0) that lies in the dense-lung region beside it.
+
+    Works on the working grid of the lung masks: a block with lesion voxels outside the lungs, in
+    :func:`dense_lung_region`, joins the lung on its side, keeping only parts at least ``min_thickness_mm``
+    thick in-plane (a consolidated rim of lung is thick, a sliver of chest-wall muscle or pleura that a model
+    marks along the hull is not; 0 keeps all).
+    """
+    factor = work_grid_factor(lungs.spacing_mm)
+    lesion = block_counts(lesion_mask > 0, factor) > 0
+    outside = lesion & ~subsample(lungs.left, factor) & ~subsample(lungs.right, factor)
+    slices = np.flatnonzero(outside.any(axis=(1, 2)))
+    if not len(slices):
+        return lungs
+    region = dense_lung_region(lungs, hu, slices)
+    pixel_mm = min(lungs.spacing_mm[1], lungs.spacing_mm[2]) * factor
+    added_left, added_right = outside & region.left, outside & region.right
     if min_thickness_mm > 0:
-        lesion = _thick_parts(lesion, lungs.spacing_mm, min_thickness_mm)
+        thickness_px = min_thickness_mm / pixel_mm
+        added_left, added_right = _thick_parts(added_left, thickness_px), _thick_parts(added_right, thickness_px)
     return LungMasks(
-        left=lungs.left | (lesion & region.left),
-        right=lungs.right | (lesion & region.right),
+        left=lungs.left | upsample(added_left, factor, hu.shape),
+        right=lungs.right | upsample(added_right, factor, hu.shape),
         spacing_mm=lungs.spacing_mm,
     )
 
 
-def _thick_parts(mask: np.ndarray, spacing_mm: tuple[float, float, float], thickness_mm: float) -> np.ndarray:
-    """In-plane morphological opening of ``mask`` with a disk of diameter ``thickness_mm``."""
-    if not mask.any():
+def _thick_parts(mask: np.ndarray, thickness_px: float) -> np.ndarray:
+    """In-plane morphological opening of a (z, y, x) ``mask`` with a disk ``thickness_px`` pixels across."""
+    size = max(1, int(round(thickness_px)))
+    if size == 1 or not mask.any():
         return mask
-    radius = [thickness_mm / 2 / s for s in spacing_mm[1:]]
-    grid = np.ogrid[-int(radius[0]) : int(radius[0]) + 1, -int(radius[1]) : int(radius[1]) + 1]
-    disk = (grid[0] / radius[0]) ** 2 + (grid[1] / radius[1]) ** 2 <= 1.0
+    centre = (size - 1) / 2
+    grid = np.ogrid[:size, :size]
+    disk = (grid[0] - centre) ** 2 + (grid[1] - centre) ** 2 <= (size / 2) ** 2
     box = ndimage.find_objects(mask.astype(np.uint8))[0]
     out = np.zeros_like(mask)
     out[box] = ndimage.binary_opening(mask[box], structure=disk[None])
-    return out
-
-
-def _upsample(mask: np.ndarray, factor: int, shape: tuple[int, ...]) -> np.ndarray:
-    """Nearest-neighbour in-plane upsampling of a mask computed on the block-mean grid back to ``shape``."""
-    if factor == 1:
-        return mask
-    z, ys, xs = mask.shape
-    big = np.zeros((z, ys, factor, xs, factor), bool)
-    big[:] = mask[:, :, None, :, None]
-    out = np.zeros(shape, bool)
-    out[:, : ys * factor, : xs * factor] = big.reshape(z, ys * factor, xs * factor)
     return out

@@ -14,14 +14,7 @@ import numpy as np
 from ctriage import __version__
 from ctriage.io import CTVolume, StudySource, find_studies, load_study
 from ctriage.io.nifti import mask_to_canonical
-from ctriage.lungs import (
-    DENSE_LUNG_MIN_THICKNESS_MM,
-    HULL_MARGIN_MM,
-    LungMasks,
-    dense_lung_region,
-    include_lesions,
-    segment_lungs,
-)
+from ctriage.lungs import DENSE_LUNG_MIN_THICKNESS_MM, HULL_MARGIN_MM, LungMasks, add_dense_lung, segment_lungs
 from ctriage.severity import Severity, quantify
 
 Progress = Callable[[str], None]
@@ -71,13 +64,11 @@ class StudyResult:
 def lesions_in_lungs(
     lungs: LungMasks, labels: np.ndarray, hu: np.ndarray, spacing_mm: tuple[float, float, float], denoise: bool
 ) -> tuple[LungMasks, np.ndarray]:
-    """Give lesion voxels in the dense-lung region next to the lungs to the lungs, drop those elsewhere
-    outside the lungs, and with ``denoise`` drop lesions under ``MIN_LESION_ML``."""
-    beyond_aerated = np.flatnonzero(((labels > 0) & ~lungs.combined).any(axis=(1, 2)))
-    region = dense_lung_region(lungs, hu, beyond_aerated)
+    """Give lesion voxels in the dense-lung region next to the lungs to the lungs (:func:`add_dense_lung`),
+    drop those elsewhere outside the lungs, and with ``denoise`` drop lesions under ``MIN_LESION_ML``."""
     # a model's output is screened for chest-wall slivers; a given (reference) mask is taken as it is
-    lungs = include_lesions(lungs, labels, region, min_thickness_mm=DENSE_LUNG_MIN_THICKNESS_MM if denoise else 0.0)
-    labels = np.where(lungs.combined, labels, 0).astype(np.uint8)
+    lungs = add_dense_lung(lungs, labels, hu, min_thickness_mm=DENSE_LUNG_MIN_THICKNESS_MM if denoise else 0.0)
+    labels = labels * lungs.combined
     if denoise:
         from ctriage.lesions import remove_small_lesions
 
@@ -132,11 +123,13 @@ def analyze_volume(
             models["lesions"] = lesions.model_version
         lungs, lesion_labels = lesions_in_lungs(lungs, lesion_labels, volume.hu, volume.spacing_mm, from_model)
         source = f"model {models['lesions']}" if from_model else "given mask"
-    identification = None
     with _timed(timings, "identification", progress):
-        identification = _identify(lesion_labels, lungs.left, lungs.right, volume.spacing_mm, slice_probability)
-        if identification is not None:
-            models["identification"] = identification.model_version
+        from ctriage.identify import identify
+
+        identification = identify(
+            lesion_labels, lungs.left, lungs.right, volume.spacing_mm, slice_probability=slice_probability
+        )
+        models["identification"] = identification.model_version
     with _timed(timings, "severity", progress):
         severity = quantify(lungs.left, lungs.right, lesion_labels, volume.spacing_mm)
     warnings = []
@@ -157,16 +150,6 @@ def analyze_volume(
         models=models,
         timings_s=timings,
     )
-
-
-def _identify(lesion_labels, lung_left, lung_right, spacing_mm, slice_probability):
-    """COVID-19 identification when the identification model is installed, else None."""
-    from ctriage.identify import identify
-
-    try:
-        return identify(lesion_labels, lung_left, lung_right, spacing_mm, slice_probability=slice_probability)
-    except FileNotFoundError:
-        return None
 
 
 def analyze_study(

@@ -23,6 +23,42 @@ def window(hu: np.ndarray, window_hu: tuple[float, float]) -> np.ndarray:
     return np.clip(out, 0.0, 1.0, out=out)
 
 
+WORK_PIXEL_MM = 2.0  # in-plane pixel size of the working grid that masks are computed on
+
+
+def work_grid_factor(spacing_mm: tuple[float, float, float]) -> int:
+    """In-plane subsampling factor f from the voxel grid to the working grid (pixels of about ``WORK_PIXEL_MM``)."""
+    return max(1, int(round(WORK_PIXEL_MM / min(spacing_mm[1], spacing_mm[2]))))
+
+
+def subsample(volume: np.ndarray, factor: int) -> np.ndarray:
+    """The centre pixel of each ``factor`` x ``factor`` in-plane block of a (z, y, x) array (a view, no copy):
+    HU thresholds far from tissue edges need no averaging, and block-constant masks are sampled exactly."""
+    start = factor // 2
+    return volume[:, start::factor, start::factor][:, : volume.shape[1] // factor, : volume.shape[2] // factor]
+
+
+def block_counts(mask: np.ndarray, factor: int) -> np.ndarray:
+    """Number of True voxels in each ``factor`` x ``factor`` in-plane block of a bool (z, y, x) mask, uint16
+    (z, y // f, x // f); the blocks are those of :func:`subsample`."""
+    rows, cols = mask.shape[1] // factor, mask.shape[2] // factor
+    voxels = mask[:, : rows * factor, : cols * factor].view(np.uint8)
+    dtype = np.uint8 if factor * factor < 256 else np.uint16
+    by_rows = sum(voxels[:, i::factor].astype(dtype, copy=False) for i in range(factor))  # strided adds: fast
+    return sum(by_rows[:, :, j::factor] for j in range(factor)).astype(np.uint16)
+
+
+def upsample(mask: np.ndarray, factor: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Nearest-neighbour in-plane upsampling of a working-grid mask (z, y // f, x // f) back to ``shape``;
+    the rim beyond the last whole block stays False."""
+    if factor == 1:
+        return mask.copy()
+    z, rows, cols = mask.shape
+    out = np.zeros(shape, bool)
+    out[:, : rows * factor, : cols * factor] = np.repeat(np.repeat(mask, factor, axis=1), factor, axis=2)
+    return out
+
+
 def resample(
     volume: np.ndarray, spacing_mm: tuple[float, ...], target_spacing_mm: tuple[float, ...], order: int = 1
 ) -> tuple[np.ndarray, tuple[float, ...]]:

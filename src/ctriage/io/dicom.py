@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder, pixel_array
 
+from ctriage.io.decode import decode_series, to_hu
 from ctriage.io.errors import (
     CorruptFileError,
     EmptyInputError,
@@ -152,20 +151,6 @@ def _decoding_plugin(transfer_syntax: pydicom.uid.UID) -> str:
     return ""
 
 
-def _decode(path: Path, plugin: str) -> tuple[np.ndarray, float, float]:
-    try:
-        ds = pydicom.dcmread(path)
-        pixels = pixel_array(ds, decoding_plugin=plugin) if plugin else ds.pixel_array
-    except Exception as exc:  # decoders raise many exception types on damaged pixel data
-        raise CorruptFileError(f"{path}: pixel data cannot be decoded ({exc})") from exc
-    return pixels, float(getattr(ds, "RescaleSlope", 1) or 1), float(getattr(ds, "RescaleIntercept", 0) or 0)
-
-
-def _to_hu(pixels: np.ndarray, slope: float, intercept: float) -> np.ndarray:
-    hu = pixels.astype(np.float32) * slope + intercept
-    return np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
-
-
 def _check_gaps(positions_mm: np.ndarray, source: Path) -> float:
     if len(positions_mm) < MIN_SLICES:
         raise IncompleteSeriesError(
@@ -186,7 +171,7 @@ def _check_gaps(positions_mm: np.ndarray, source: Path) -> float:
     return float(np.mean(gaps))
 
 
-def _load_single_frame_series(members: list[_Header], source: Path, workers: int) -> CTVolume:
+def _load_single_frame_series(members: list[_Header], source: Path, workers: int | None) -> CTVolume:
     orientation = _orientation(members[0].ds)
     normal = np.cross(orientation[0], orientation[1])
     positions = []
@@ -202,13 +187,12 @@ def _load_single_frame_series(members: list[_Header], source: Path, workers: int
     first = members[0].ds
     plugin = _decoding_plugin(first.file_meta.TransferSyntaxUID)
     stack = np.empty((len(members), int(first.Rows), int(first.Columns)), np.int16)
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for index, (pixels, slope, intercept) in enumerate(pool.map(lambda h: _decode(h.path, plugin), members)):
-            if pixels.shape != stack.shape[1:]:
-                raise NotVolumeError(
-                    f"{members[index].path}: slice of shape {pixels.shape} in a series of {stack.shape[1:]} slices"
-                )
-            stack[index] = _to_hu(pixels, slope, intercept)
+    for index, hu_slice in enumerate(decode_series([h.path for h in members], plugin, workers)):
+        if hu_slice.shape != stack.shape[1:]:
+            raise NotVolumeError(
+                f"{members[index].path}: slice of shape {hu_slice.shape} in a series of {stack.shape[1:]} slices"
+            )
+        stack[index] = hu_slice
     row_mm, col_mm = (float(v) for v in first.PixelSpacing)
     origin = np.asarray([float(v) for v in first.ImagePositionPatient])
     # array axes (slice, row, column): along a row index we move down a column, i.e. along IOP[3:6]
@@ -244,7 +228,7 @@ def _load_multiframe(header: _Header, source: Path) -> CTVolume:
     slices = []
     for index in order:
         transform = group(int(index), "PixelValueTransformationSequence")[0]
-        slices.append(_to_hu(frames[index], float(transform.RescaleSlope), float(transform.RescaleIntercept)))
+        slices.append(to_hu(frames[index], float(transform.RescaleSlope), float(transform.RescaleIntercept)))
     row_mm, col_mm = (float(v) for v in group(0, "PixelMeasuresSequence")[0].PixelSpacing)
     affine = affine_from_lps(
         positions[order[0]], np.stack([normal, orientation[1], orientation[0]]), (slice_gap, row_mm, col_mm)
@@ -257,7 +241,7 @@ def load_dicom_series(files: list[Path], source: Path, workers: int | None = Non
     """Load the axial CT series among ``files`` as a canonical HU volume.
 
     Slices are ordered by their position along the slice normal (never by file name), rescale slope and
-    intercept are applied, and pixel data are decoded on ``workers`` threads (default: all cores).
+    intercept are applied, and pixel data are decoded by ``workers`` processes (default: one per core).
     """
     headers, _ = read_headers(files)
     members = choose_ct_series(headers, source)
@@ -265,4 +249,4 @@ def load_dicom_series(files: list[Path], source: Path, workers: int | None = Non
         return _load_multiframe(members[0], source)
     if len(members) == 1:
         raise NotVolumeError(f"{source}: a single 2D CT image; a 3D series of slices is needed")
-    return _load_single_frame_series(members, source, workers or os.cpu_count() or 1)
+    return _load_single_frame_series(members, source, workers)

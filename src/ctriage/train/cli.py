@@ -19,6 +19,7 @@ def lesions(
     data_root: Annotated[Path, typer.Option(help="Folder with medseg_infnet_2d/, acl_ggo_311/.")] = DEFAULT_DATA_ROOT,
     net: Annotated[str, typer.Option(help="Network: unet, unetpp or multitask.")] = "unet",
     features: Annotated[str, typer.Option(help="MONAI BasicUNet feature widths (6 integers).")] = "12,24,48,96,192,12",
+    space_to_depth: Annotated[int, typer.Option(help="The body runs at 1/f of the input resolution (2 or 4).")] = 4,
     input_size: Annotated[int, typer.Option(help="Square model input size in pixels.")] = 256,
     pretrain_steps: Annotated[int, typer.Option(help="Binary pre-training steps (pseudo-label + ACL).")] = 300,
     finetune_steps: Annotated[int, typer.Option(help="Three-class fine-tuning steps on MedSeg train.")] = 300,
@@ -49,7 +50,7 @@ def lesions(
     train, val = subset(medseg, val_names, keep=False), subset(medseg, val_names, keep=True)
     config = TrainConfig(pretrain_steps=pretrain_steps, finetune_steps=finetune_steps, batch_size=batch_size,
                          learning_rate=learning_rate, seed=seed, lesion_class_weight=lesion_class_weight)
-    model = build_net(net, widths)
+    model = build_net(net, widths, space_to_depth=space_to_depth)
     typer.echo(f"{net} {widths}: {sum(p.numel() for p in model.parameters())} parameters; "
                f"train {len(train.names)} + {len(binary.names)} binary, validation {val_names}")
     history = train_lesion_net(model, train, val, binary, config, log=typer.echo)
@@ -65,7 +66,8 @@ def lesions(
     from ctriage.train.export import export_onnx, write_card
 
     onnx_path = export_onnx(model, export_dir / "weights" / "lesions.onnx", input_size)
-    command = (f"ctriage train lesions --net {net} --features {features} --input-size {input_size} "
+    command = (f"ctriage train lesions --net {net} --features {features} --space-to-depth {space_to_depth} "
+               f"--input-size {input_size} "
                f"--pretrain-steps {pretrain_steps} --finetune-steps {finetune_steps} --batch-size {batch_size} "
                f"--learning-rate {learning_rate} --lesion-class-weight {lesion_class_weight} --seed {seed} "
                f"--n-val {n_val} --export-dir {export_dir}")
@@ -75,7 +77,7 @@ def lesions(
         "date": f"{datetime.now(UTC):%Y-%m-%d}",
         "task": "2D lesion segmentation of axial chest CT slices cropped to the lungs",
         "classes": {"0": "background", "1": "ground-glass opacity", "2": "consolidation"},
-        "architecture": {"net": net, "features": list(widths), "space_to_depth": 2,
+        "architecture": {"net": net, "features": list(widths), "space_to_depth": space_to_depth,
                          "parameters": sum(p.numel() for p in model.parameters())},
         "input": {"name": "image", "shape": ["N", 1, input_size, input_size], "dtype": "float32",
                   "size_px": input_size,

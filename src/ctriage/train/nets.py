@@ -1,8 +1,9 @@
 """Lesion segmentation networks, selectable by name; all map (N, 1, H, W) in [0, 1] to (N, 3, H, W) logits.
 
-CPU speed drives the design: every network runs its U-shaped body at half resolution on a lossless
-space-to-depth view of the input (PixelUnshuffle, 2x2 pixels -> 4 channels) and turns 4 x 3 output channels
-back into full-resolution logits (PixelShuffle). Batch norm + ReLU fold into the convolutions in ONNX Runtime.
+CPU speed drives the design: every network runs its U-shaped body at 1/f resolution on a lossless
+space-to-depth view of the input (PixelUnshuffle, f x f pixels -> f^2 channels) and turns f^2 x 3 output channels
+back into full-resolution logits (PixelShuffle); f = ``space_to_depth`` (2 or 4). Batch norm + ReLU fold into
+the convolutions in ONNX Runtime.
 
 * ``unet``      MONAI BasicUNet.
 * ``unetpp``    MONAI BasicUNetPlusPlus (nested skip connections).
@@ -19,21 +20,23 @@ from torch import nn
 
 NUM_CLASSES = 3  # 0 background, 1 GGO, 2 consolidation
 DEFAULT_FEATURES = (12, 24, 48, 96, 192, 12)
+DEFAULT_SPACE_TO_DEPTH = 4
 NET_NAMES = ("unet", "unetpp", "multitask")
 
 
 class SpaceToDepthSegmenter(nn.Module):
-    """Wraps a 2D segmentation body so that it runs at half resolution without discarding input pixels."""
+    """Wraps a 2D segmentation body so that it runs at 1/``factor`` resolution without discarding input pixels."""
 
-    def __init__(self, body: nn.Module, in_channels: int = 1):
+    def __init__(self, body: nn.Module, in_channels: int = 1, factor: int = DEFAULT_SPACE_TO_DEPTH):
         super().__init__()
         self.in_channels = in_channels
-        self.down = nn.PixelUnshuffle(2)
+        self.factor = factor
+        self.down = nn.PixelUnshuffle(factor)
         self.body = body
-        self.up = nn.PixelShuffle(2)
+        self.up = nn.PixelShuffle(factor)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) with H, W even -> (N, 3, H, W) logits."""
+        """(N, C, H, W) with H, W multiples of 16 x ``factor`` -> (N, 3, H, W) logits."""
         out = self.body(self.down(image))
         if isinstance(out, list | tuple):  # BasicUNetPlusPlus returns a list of deep-supervision heads
             out = out[0]
@@ -65,9 +68,15 @@ class MultitaskUNet(BasicUNet):
         return self.final_conv(u0)
 
 
-def build_net(name: str, features: tuple[int, ...] = DEFAULT_FEATURES, in_channels: int = 1) -> SpaceToDepthSegmenter:
-    """The network called ``name`` (one of :data:`NET_NAMES`) with MONAI feature widths ``features``."""
-    body_in, body_out = 4 * in_channels, 4 * NUM_CLASSES
+def build_net(
+    name: str,
+    features: tuple[int, ...] = DEFAULT_FEATURES,
+    in_channels: int = 1,
+    space_to_depth: int = DEFAULT_SPACE_TO_DEPTH,
+) -> SpaceToDepthSegmenter:
+    """The network called ``name`` (one of :data:`NET_NAMES`) with MONAI feature widths ``features``, its body
+    running at 1/``space_to_depth`` of the input resolution."""
+    body_in, body_out = space_to_depth**2 * in_channels, space_to_depth**2 * NUM_CLASSES
     if name == "unet":
         body: nn.Module = BasicUNet(2, body_in, body_out, features=features, norm="batch", act="relu")
     elif name == "unetpp":
@@ -76,4 +85,4 @@ def build_net(name: str, features: tuple[int, ...] = DEFAULT_FEATURES, in_channe
         body = MultitaskUNet(body_in, body_out, features)
     else:
         raise ValueError(f"unknown lesion network {name!r}; choose one of {', '.join(NET_NAMES)}")
-    return SpaceToDepthSegmenter(body, in_channels)
+    return SpaceToDepthSegmenter(body, in_channels, space_to_depth)

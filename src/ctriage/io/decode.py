@@ -1,0 +1,106 @@
+"""Decoding the pixel data of single-frame DICOM slices to HU, in parallel across processes.
+
+The decoders (CharLS, OpenJPEG, libjpeg) hold Python's GIL, so threads do not run them in parallel: slices are
+decoded in chunks by worker processes while the calling process decodes chunks itself, taking them from the end
+of the series. The worker pool starts on first use (forked from a single-threaded process such as the CLI,
+spawned in the multi-threaded service) and is kept for later series.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.pixels import pixel_array
+
+from ctriage.io.errors import CorruptFileError
+
+CHUNK_SLICES = 8  # slices per task: large enough that task overhead is small, small enough to balance
+HU_RANGE = (-1024, 3071)  # the 12-bit CT range; values outside are padding or metal streaks
+
+_pool: ProcessPoolExecutor | None = None
+_pool_workers = 0
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def to_hu(pixels: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    """Stored pixel values -> int16 HU (``pixels`` x ``slope`` + ``intercept``, rounded, clipped to ``HU_RANGE``)."""
+    if slope == 1 and float(intercept).is_integer() and pixels.dtype.kind in "iu" and pixels.itemsize <= 2:
+        hu = pixels.astype(np.int32)  # integer fast path: the usual CT rescale (slope 1, intercept -1024)
+        hu += int(intercept)
+    else:
+        hu = np.rint(pixels.astype(np.float32) * slope + intercept)
+    return np.clip(hu, *HU_RANGE).astype(np.int16)
+
+
+def decode_hu(path: Path, plugin: str) -> np.ndarray:
+    """The HU image (int16, rows x columns) of one single-frame DICOM file, decoded with ``plugin`` ("" = any)."""
+    try:
+        ds = pydicom.dcmread(path)
+        pixels = pixel_array(ds, decoding_plugin=plugin) if plugin else ds.pixel_array
+    except Exception as exc:  # decoders raise many exception types on damaged pixel data
+        raise CorruptFileError(f"{path}: pixel data cannot be decoded ({exc})") from exc
+    return to_hu(pixels, float(getattr(ds, "RescaleSlope", 1) or 1), float(getattr(ds, "RescaleIntercept", 0) or 0))
+
+
+def _decode_chunk(paths: list[Path], plugin: str) -> list[np.ndarray]:
+    return [decode_hu(path, plugin) for path in paths]
+
+
+def _worker_pool(workers: int) -> ProcessPoolExecutor:
+    global _pool, _pool_workers
+    if _pool is None or _pool_workers != workers:
+        if _pool is not None:
+            _pool.shutdown(wait=False, cancel_futures=True)
+        # fork is instant but unsafe once other threads run (the service): spawn there, once per process
+        single_threaded = threading.active_count() == 1
+        method = "fork" if single_threaded and "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        _pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+        _pool_workers = workers
+    return _pool
+
+
+def _forget_pool() -> None:
+    global _pool
+    _pool = None
+
+
+def decode_series(paths: list[Path], plugin: str, workers: int | None = None) -> Iterator[np.ndarray]:
+    """HU images of ``paths`` in order, decoded by this process and ``workers`` - 1 worker processes (default:
+    one per available core). Raises :class:`CorruptFileError` naming the first undecodable file."""
+    workers = available_cores() if workers is None else max(1, workers)
+    chunks = [paths[i : i + CHUNK_SLICES] for i in range(0, len(paths), CHUNK_SLICES)]
+    if workers == 1 or len(chunks) < 2:
+        for chunk in chunks:
+            yield from _decode_chunk(chunk, plugin)
+        return
+    try:
+        futures: list[Future] = [_worker_pool(workers - 1).submit(_decode_chunk, c, plugin) for c in chunks]
+    except (BrokenProcessPool, RuntimeError, OSError):
+        _forget_pool()
+        futures = []
+    local: dict[int, list[np.ndarray]] = {}
+    for index in range(len(chunks) - 1, -1, -1):  # take chunks from the end until the workers reach them
+        if futures and not futures[index].cancel():
+            break
+        local[index] = _decode_chunk(chunks[index], plugin)
+    for index, chunk in enumerate(chunks):
+        if index in local:
+            yield from local.pop(index)
+            continue
+        try:
+            yield from futures[index].result()
+        except BrokenProcessPool:  # a worker died (killed, out of memory): decode here instead
+            _forget_pool()
+            yield from _decode_chunk(chunk, plugin)

@@ -1,0 +1,43 @@
+"""Parallel decoding: the same HU as one process, in slice order, with the damaged file named."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+
+from ctriage.io import CorruptFileError, load_volume
+from ctriage.io.decode import CHUNK_SLICES, decode_series, to_hu
+from tests.io.dicom_factory import write_series
+
+Z_40 = [float(z) for z in np.arange(40) * 2.5]  # five chunks
+
+
+def test_worker_processes_give_the_same_volume(tmp_path):
+    write_series(tmp_path / "s", Z_40)
+    one = load_volume(tmp_path / "s", workers=1)
+    three = load_volume(tmp_path / "s", workers=3)
+    assert len(Z_40) > 2 * CHUNK_SLICES
+    assert np.array_equal(one.hu, three.hu)
+
+
+def test_decode_series_keeps_file_order(tmp_path):
+    paths = write_series(tmp_path / "s", Z_40)
+    slices = list(decode_series(paths, "", workers=2))
+    expected = [int(pydicom.dcmread(p).pixel_array[0, 0]) - 1024 for p in paths]  # factory: intercept -1024
+    assert [int(s[0, 0]) for s in slices] == expected
+
+
+def test_damaged_slice_in_a_worker_is_named(tmp_path):
+    paths = write_series(tmp_path / "s", Z_40)
+    ds = pydicom.dcmread(paths[1])  # the first chunk: decoded by a worker process
+    ds.PixelData = ds.PixelData[:100]
+    ds.save_as(paths[1])
+    with pytest.raises(CorruptFileError, match=paths[1].name):
+        list(decode_series(paths, "", workers=2))
+
+
+def test_to_hu_integer_and_float_rescale():
+    stored = np.array([[0, 1024, 5000]], np.uint16)
+    assert to_hu(stored, 1.0, -1024.0).tolist() == [[-1024, 0, 3071]]
+    assert to_hu(stored, 0.5, -10.0).tolist() == [[-10, 502, 2490]]
