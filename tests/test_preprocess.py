@@ -23,3 +23,31 @@ def test_resample_spacing_and_back():
     small, _ = resample(mask, (5.0, 0.8, 0.8), (5.0, 1.6, 1.6), order=0)
     back = resize_to_shape(small, mask.shape, order=0)
     assert back.shape == mask.shape and np.array_equal(back, mask)
+
+
+def test_working_grid_round_trip():
+    """A block-constant mask survives subsample -> upsample, in-plane and across slices."""
+    from ctriage.preprocess import subsample, upsample, work_grid_factor, work_grid_z_factor
+
+    spacing = (1.0, 0.7, 0.7)
+    factor, z_factor = work_grid_factor(spacing), work_grid_z_factor(spacing)
+    assert (factor, z_factor) == (3, 2)
+    grid = np.random.default_rng(1).random((6, 10, 12)) > 0.5
+    full = upsample(grid, factor, (12, 31, 37), z_factor)
+    assert full.shape == (12, 31, 37) and not full[:, 30:].any() and not full[:, :, 36:].any()
+    assert np.array_equal(subsample(full, factor, z_factor), grid)
+    labels = np.arange(3 * 4 * 4, dtype=np.uint8).reshape(3, 4, 4)
+    odd = upsample(labels, 1, (7, 4, 4), 2)  # the seventh slice repeats the last analysed one
+    assert odd.dtype == np.uint8 and np.array_equal(odd[6], labels[2]) and np.array_equal(odd[::2][:3], labels)
+
+
+def test_block_counts():
+    from ctriage.preprocess import block_counts
+
+    mask = np.zeros((2, 7, 6), bool)
+    mask[0, 0:3, 0:3] = True  # one whole block
+    mask[1, 4, 5] = True  # one voxel of block (1, 1)
+    mask[1, 6, :] = True  # the rim row beyond the last whole block is not counted
+    counts = block_counts(mask, 3)
+    assert counts.shape == (2, 2, 2) and counts.dtype == np.uint16
+    assert counts[0].tolist() == [[9, 0], [0, 0]] and counts[1].tolist() == [[0, 0], [0, 1]]

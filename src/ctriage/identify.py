@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from ctriage.models.registry import ModelHandle, load_model
-from ctriage.preprocess import work_grid_factor
+from ctriage.preprocess import block_counts, subsample, work_grid_factor
 
 MIN_SLICE_LUNG_FRACTION = 0.25
 TOP_SLICE_FRACTION = 0.05
@@ -65,26 +65,25 @@ LUNG_LEFT, LUNG_RIGHT, LESION_LEFT, LESION_RIGHT, N_GGO, N_PERIPHERAL, N_POSTERI
 
 
 def _lung_counts(
-    lesion: np.ndarray, lung: np.ndarray, spacing_yx_mm: tuple[float, float], factor: int
+    lesion_blocks: np.ndarray, lung: np.ndarray, spacing_yx_mm: tuple[float, float], factor: int
 ) -> tuple[int, int]:
-    """(peripheral, posterior) lesion pixels of one lung on one slice.
+    """(peripheral, posterior) lesion voxels of one lung on one slice of the working grid.
 
-    Peripheral: in-plane distance to the lung border / the slice's largest such distance in that lung <=
-    ``PERIPHERAL_DEPTH`` (no absolute scale needed), measured on the working grid (every ``factor``-th pixel);
-    posterior: a larger row (y) index than the lung's mean row.
+    ``lesion_blocks``: lesion voxels of that lung in each working-grid block (2D); ``lung``: the lung sampled
+    on the working grid (2D bool). Peripheral: in-plane distance to the lung border / the slice's largest such
+    distance in that lung <= ``PERIPHERAL_DEPTH`` (no absolute scale needed); posterior: a block row below the
+    lung's mean row.
     """
-    lesion_rows, lesion_cols = np.nonzero(lesion)
-    if lesion_rows.size == 0:
-        return 0, 0
     rows, cols = np.nonzero(lung)
-    start = factor // 2
-    r0, c0 = rows.min() - start, cols.min() - start  # crop to the lung on the working grid, one-pixel rim
-    grid = np.pad(lung[r0 + start : rows.max() + 1 : factor, c0 + start : cols.max() + 1 : factor], 1)
-    depth = ndimage.distance_transform_edt(grid, sampling=(spacing_yx_mm[0] * factor, spacing_yx_mm[1] * factor))
-    at_lesions = depth[np.minimum((lesion_rows - r0) // factor + 1, depth.shape[0] - 1),
-                       np.minimum((lesion_cols - c0) // factor + 1, depth.shape[1] - 1)]
-    relative = at_lesions / max(float(depth.max()), 1e-6)
-    return int((relative <= PERIPHERAL_DEPTH).sum()), int((lesion_rows > rows.mean()).sum())
+    if rows.size == 0:
+        return 0, 0
+    box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+    depth = ndimage.distance_transform_edt(np.pad(lung[box], 1), sampling=(spacing_yx_mm[0] * factor,
+                                                                           spacing_yx_mm[1] * factor))[1:-1, 1:-1]
+    weights = lesion_blocks[box]
+    peripheral = weights[depth <= PERIPHERAL_DEPTH * max(float(depth.max()), 1e-6)].sum()
+    below = np.arange(box[0].start, box[0].stop) > rows.mean()
+    return int(peripheral), int(weights[below].sum())
 
 
 def slice_counts(
@@ -92,7 +91,8 @@ def slice_counts(
 ) -> np.ndarray:
     """Per-slice voxel counts, int64 (z, 7), columns ``LUNG_LEFT`` .. ``N_POSTERIOR``; 2D input is one slice.
 
-    Lesion voxels count only inside the lung masks.
+    Lesion voxels count only inside the lung masks. Peripheral and posterior lesion voxels are counted by
+    their block of the working grid (about 2 mm, see :func:`ctriage.preprocess.work_grid_factor`).
     """
     lesion_mask = _as_volume(lesion_mask)
     left = _as_volume(lung_left).astype(bool)
@@ -107,12 +107,13 @@ def slice_counts(
     counts[:, LUNG_LEFT] = per_slice(left)
     counts[:, LUNG_RIGHT] = per_slice(right)
     lesion = lesion_mask > 0
-    counts[:, LESION_LEFT] = per_slice(lesion & left)
-    counts[:, LESION_RIGHT] = per_slice(lesion & right)
     counts[:, N_GGO] = per_slice((lesion_mask == GGO) & (left | right))
-    for z in np.flatnonzero(counts[:, LESION_LEFT] + counts[:, LESION_RIGHT]):
-        for lung in (left[z], right[z]):
-            peripheral, posterior = _lung_counts(lesion[z] & lung, lung, spacing_yx, factor)
+    for side, column in ((left, LESION_LEFT), (right, LESION_RIGHT)):
+        lesion_in_lung = lesion & side
+        counts[:, column] = per_slice(lesion_in_lung)
+        blocks, lung_grid = block_counts(lesion_in_lung, factor), subsample(side, factor)
+        for z in np.flatnonzero(counts[:, column]):
+            peripheral, posterior = _lung_counts(blocks[z], lung_grid[z], spacing_yx, factor)
             counts[z, N_PERIPHERAL] += peripheral
             counts[z, N_POSTERIOR] += posterior
     return counts

@@ -40,14 +40,18 @@ def resize_plane(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(image.resize((shape[1], shape[0]), Image.BILINEAR), dtype=np.float32)
 
 
-def labels_and_lesion_probability(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 3, H, W) logits -> class map uint8 (N, H, W) by argmax (ties to the lower class) and lesion
-    probability P(GGO) + P(consolidation) float32 (N, H, W), without a full softmax."""
+def labels_and_lesion_logit(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 3, H, W) logits -> class map uint8 (N, H, W) by argmax (ties to the lower class) and the lesion
+    logit float32 (N, H, W): log(P(GGO) + P(consolidation)) - log P(background), without a full softmax."""
     background, ggo, consolidation = logits[:, 0], logits[:, 1], logits[:, 2]
     labels = np.where(consolidation > ggo, np.uint8(2), np.uint8(1))
     labels[np.maximum(ggo, consolidation) <= background] = 0
-    odds = np.exp(np.clip(ggo - background, -40.0, 40.0)) + np.exp(np.clip(consolidation - background, -40.0, 40.0))
-    return labels, (odds / (1.0 + odds)).astype(np.float32)
+    return labels, np.logaddexp(ggo, consolidation) - background
+
+
+def sigmoid(logit: float) -> float:
+    """1 / (1 + exp(-logit)), safe for large magnitudes."""
+    return float(np.exp(-np.logaddexp(0.0, -logit)))
 
 
 def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -60,19 +64,19 @@ def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def predict_labels(
     model: ModelHandle, planes: list[np.ndarray], batch_size: int = 16
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """For each [0, 1] float plane (h, w): (class map uint8 0/1/2, lesion probability float32) at (h, w).
+    """For each [0, 1] float plane (h, w): its class map uint8 0/1/2 at (h, w) and the lesion logit (see
+    :func:`labels_and_lesion_logit`) at the model's input size.
 
-    Planes are resized bilinearly to the model's square input, run in batches, and the outputs resized back
-    (nearest for the class map, bilinear for the probability).
+    Planes are resized bilinearly to the model's square input and run in batches; class maps are resized back
+    by nearest neighbour.
     """
     size = model.input_size
     out: list[tuple[np.ndarray, np.ndarray]] = []
     for start in range(0, len(planes), batch_size):
         chunk = planes[start:start + batch_size]
         batch = np.stack([resize_plane(p, (size, size)) for p in chunk])[:, None]
-        labels, lesion = labels_and_lesion_probability(model.run(batch))
-        out.extend((resize_labels(c, p.shape), resize_plane(q, p.shape))
-                   for c, q, p in zip(labels, lesion, chunk, strict=True))
+        labels, lesion_logit = labels_and_lesion_logit(model.run(batch))
+        out.extend((resize_labels(c, p.shape), q) for c, q, p in zip(labels, lesion_logit, chunk, strict=True))
     return out
 
 
@@ -113,10 +117,15 @@ def segment_lesions(
     slices = np.flatnonzero(lung_mask.any(axis=(1, 2)))
     boxes = [crop_box(lung_mask[z], (spacing_mm[1], spacing_mm[2])) for z in slices]
     planes = [window(hu[z][box], window_hu) for z, box in zip(slices, boxes, strict=True)]
-    for z, box, (labels, lesion) in zip(slices, boxes, predict_labels(model, planes, batch_size), strict=True):
+    for z, box, (labels, lesion_logit) in zip(slices, boxes, predict_labels(model, planes, batch_size), strict=True):
         lung = lung_mask[z][box]
-        mask[z][box] = np.where(lung, labels, 0)
-        slice_probability[z] = float(lesion[lung].max())
+        if lung.all():  # the usual search area: a rectangle
+            mask[z][box] = labels
+            slice_probability[z] = sigmoid(float(lesion_logit.max()))
+        else:
+            mask[z][box] = np.where(lung, labels, 0)
+            on_model_grid = resize_labels(lung.astype(np.uint8), lesion_logit.shape) > 0
+            slice_probability[z] = sigmoid(float(lesion_logit[on_model_grid].max())) if on_model_grid.any() else 0.0
     return LesionResult(mask, slice_probability, model.version)
 
 

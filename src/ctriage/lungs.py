@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 
-from ctriage.preprocess import block_counts, subsample, upsample, work_grid_factor
+from ctriage.preprocess import block_counts, subsample, upsample, work_grid_factor, work_grid_z_factor
 
 AIR_HU = -400.0  # lung parenchyma (about -850 HU) and airways are below this; soft tissue is above
 BODY_HU = -500.0
@@ -135,9 +135,10 @@ def split_left_right(lungs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     else:
         box = ndimage.find_objects(lungs.astype(np.uint8))[0] if lungs.any() else (slice(0, 0),) * 3
         crop = lungs[box]
-        depth = ndimage.distance_transform_edt(crop)  # voxels to the background: erosion depth
-        for level in range(1, 13):
-            parts = _two_largest(depth > level)
+        core = crop
+        for _ in range(12):  # usually one to three erosions part the lungs
+            core = ndimage.binary_erosion(core)
+            parts = _two_largest(core)
             if parts is not None:
                 break
         part1, part2 = np.zeros_like(lungs), np.zeros_like(lungs)
@@ -157,10 +158,13 @@ def split_left_right(lungs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _fill_slices(mask: np.ndarray) -> np.ndarray:
-    out = mask.copy()
-    for k in np.flatnonzero(mask.any(axis=(1, 2))):
-        out[k] = ndimage.binary_fill_holes(mask[k])
-    return out
+    """Fill the holes of every slice of a (z, y, x) mask: background parts that do not reach the slice's edge."""
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    background, _ = ndimage.label(~mask, structure=in_plane)
+    edge = np.unique(np.concatenate([background[:, 0], background[:, -1], background[:, :, 0], background[:, :, -1]],
+                                    axis=None))
+    return mask | ~np.isin(background, edge[edge > 0]) & (background > 0)
 
 
 def segment_lungs(hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> LungMasks:
@@ -169,16 +173,16 @@ def segment_lungs(hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> Lun
     The masks hold the aerated lung with its vessels and enclosed lesions; see :func:`add_dense_lung`
     for dense lung along the chest wall.
     """
-    factor = work_grid_factor(spacing_mm)
-    small = subsample(hu, factor)
-    small_spacing = (spacing_mm[0], spacing_mm[1] * factor, spacing_mm[2] * factor)
+    factor, z_factor = work_grid_factor(spacing_mm), work_grid_z_factor(spacing_mm)
+    small = subsample(hu, factor, z_factor)
+    small_spacing = (spacing_mm[0] * z_factor, spacing_mm[1] * factor, spacing_mm[2] * factor)
     body = body_mask(small)
     air = _remove_airways((small < AIR_HU) & body, small_spacing[1] * small_spacing[2])
     lungs = _keep_lungs(air, small, float(np.prod(small_spacing)) / 1000.0)
     left, right = split_left_right(lungs)
     left, right = _fill_slices(left), _fill_slices(right)
-    left = upsample(left, factor, hu.shape)
-    return LungMasks(left=left, right=upsample(right, factor, hu.shape) & ~left, spacing_mm=spacing_mm)
+    left = upsample(left, factor, hu.shape, z_factor)
+    return LungMasks(left=left, right=upsample(right, factor, hu.shape, z_factor) & ~left, spacing_mm=spacing_mm)
 
 
 def _grown_hull(section: np.ndarray, margin_px: tuple[float, float]) -> np.ndarray:

@@ -15,6 +15,7 @@ from ctriage import __version__
 from ctriage.io import CTVolume, StudySource, find_studies, load_study
 from ctriage.io.nifti import mask_to_canonical
 from ctriage.lungs import DENSE_LUNG_MIN_THICKNESS_MM, HULL_MARGIN_MM, LungMasks, add_dense_lung, segment_lungs
+from ctriage.preprocess import upsample, work_grid_z_factor
 from ctriage.severity import Severity, quantify
 
 Progress = Callable[[str], None]
@@ -101,36 +102,53 @@ def _timed(timings: dict[str, float], stage: str, progress: Progress | None) -> 
     timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
+def analysis_slices(spacing_mm: tuple[float, float, float]) -> slice:
+    """The slices the model analyses: all of a series of 1.5 mm or thicker slices; of a thin-slice series, one
+    slice in k for a grid of about 2 mm (``work_grid_z_factor``), the middle one of each group of k."""
+    k = work_grid_z_factor(spacing_mm)
+    return slice(k // 2, None, k)
+
+
 def analyze_volume(
     volume: CTVolume,
     lesion_labels: np.ndarray | None = None,
     progress: Progress | None = None,
     timings: dict[str, float] | None = None,
 ) -> StudyResult:
-    """Analyse a loaded CT. ``lesion_labels`` (0 bg, 1 GGO, 2 consolidation) replaces the lesion model."""
+    """Analyse a loaded CT. ``lesion_labels`` (0 bg, 1 GGO, 2 consolidation) replaces the lesion model.
+
+    With the lesion model, a thin-slice series is analysed on :func:`analysis_slices` and each slice takes the
+    lung and lesion masks of its nearest analysed slice; a given lesion mask is used on every slice.
+    """
     timings = {} if timings is None else timings
     models: dict[str, str] = {}
+    from_model = lesion_labels is None
+    k = work_grid_z_factor(volume.spacing_mm) if from_model else 1
+    hu = volume.hu[analysis_slices(volume.spacing_mm)] if k > 1 else volume.hu
+    spacing_mm = (volume.spacing_mm[0] * k, volume.spacing_mm[1], volume.spacing_mm[2])
     with _timed(timings, "lungs", progress):
-        lungs = segment_lungs(volume.hu, volume.spacing_mm)
+        lungs = segment_lungs(hu, spacing_mm)
     slice_probability = None
     with _timed(timings, "lesions", progress):
-        from_model = lesion_labels is None
         if from_model:
             from ctriage.lesions import segment_lesions
 
-            lesions = segment_lesions(volume.hu, lesion_search_area(lungs, volume.spacing_mm), volume.spacing_mm)
+            lesions = segment_lesions(hu, lesion_search_area(lungs, spacing_mm), spacing_mm)
             lesion_labels, slice_probability = lesions.mask, lesions.slice_probability
             models["lesions"] = lesions.model_version
-        lungs, lesion_labels = lesions_in_lungs(lungs, lesion_labels, volume.hu, volume.spacing_mm, from_model)
+        lungs, lesion_labels = lesions_in_lungs(lungs, lesion_labels, hu, spacing_mm, from_model)
         source = f"model {models['lesions']}" if from_model else "given mask"
     with _timed(timings, "identification", progress):
         from ctriage.identify import identify
 
         identification = identify(
-            lesion_labels, lungs.left, lungs.right, volume.spacing_mm, slice_probability=slice_probability
+            lesion_labels, lungs.left, lungs.right, spacing_mm, slice_probability=slice_probability
         )
         models["identification"] = identification.model_version
     with _timed(timings, "severity", progress):
+        if k > 1:  # back onto every slice
+            lungs = LungMasks(*(upsample(m, 1, volume.shape, k) for m in (lungs.left, lungs.right)), volume.spacing_mm)
+            lesion_labels = upsample(lesion_labels, 1, volume.shape, k)
         severity = quantify(lungs.left, lungs.right, lesion_labels, volume.spacing_mm)
     warnings = []
     if severity.lung_ml < MIN_PLAUSIBLE_LUNG_ML:

@@ -31,11 +31,18 @@ def work_grid_factor(spacing_mm: tuple[float, float, float]) -> int:
     return max(1, int(round(WORK_PIXEL_MM / min(spacing_mm[1], spacing_mm[2]))))
 
 
-def subsample(volume: np.ndarray, factor: int) -> np.ndarray:
-    """The centre pixel of each ``factor`` x ``factor`` in-plane block of a (z, y, x) array (a view, no copy):
-    HU thresholds far from tissue edges need no averaging, and block-constant masks are sampled exactly."""
-    start = factor // 2
-    return volume[:, start::factor, start::factor][:, : volume.shape[1] // factor, : volume.shape[2] // factor]
+def work_grid_z_factor(spacing_mm: tuple[float, float, float]) -> int:
+    """Slice subsampling factor from the voxel grid to a working grid of about ``WORK_PIXEL_MM`` slices
+    (1 for slices of 1.5 mm or more; thin-slice series use every other or every third slice)."""
+    return max(1, int(round(WORK_PIXEL_MM / spacing_mm[0])))
+
+
+def subsample(volume: np.ndarray, factor: int, z_factor: int = 1) -> np.ndarray:
+    """The centre voxel of each ``z_factor`` x ``factor`` x ``factor`` block of a (z, y, x) array (a view, no
+    copy): HU thresholds far from tissue edges need no averaging, and block-constant masks are sampled exactly."""
+    start, z_start = factor // 2, z_factor // 2
+    rows, cols = volume.shape[1] // factor, volume.shape[2] // factor
+    return volume[z_start::z_factor, start::factor, start::factor][:, :rows, :cols]
 
 
 def block_counts(mask: np.ndarray, factor: int) -> np.ndarray:
@@ -48,14 +55,22 @@ def block_counts(mask: np.ndarray, factor: int) -> np.ndarray:
     return sum(by_rows[:, :, j::factor] for j in range(factor)).astype(np.uint16)
 
 
-def upsample(mask: np.ndarray, factor: int, shape: tuple[int, ...]) -> np.ndarray:
-    """Nearest-neighbour in-plane upsampling of a working-grid mask (z, y // f, x // f) back to ``shape``;
-    the rim beyond the last whole block stays False."""
-    if factor == 1:
+def upsample(mask: np.ndarray, factor: int, shape: tuple[int, ...], z_factor: int = 1) -> np.ndarray:
+    """Nearest-neighbour upsampling of a working-grid mask (bool or labels) made by :func:`subsample` back to
+    ``shape`` (a new array); the in-plane rim beyond the last whole block stays 0, slices beyond the last
+    block repeat it."""
+    if z_factor > 1:
+        mask = mask[np.minimum(np.arange(shape[0]) // z_factor, len(mask) - 1)]  # a copy, in one pass
+    elif factor == 1 and mask.shape == tuple(shape):
         return mask.copy()
-    z, rows, cols = mask.shape
-    out = np.zeros(shape, bool)
-    out[:, : rows * factor, : cols * factor] = np.repeat(np.repeat(mask, factor, axis=1), factor, axis=2)
+    if factor == 1 and mask.shape == tuple(shape):
+        return mask
+    rows, cols = mask.shape[1], mask.shape[2]
+    out = np.zeros(shape, mask.dtype)
+    if factor == 1:
+        out[:, :rows, :cols] = mask
+    else:
+        out[:, : rows * factor, : cols * factor] = np.repeat(np.repeat(mask, factor, axis=1), factor, axis=2)
     return out
 
 

@@ -48,6 +48,7 @@ class StudySource:
     path: Path
     files: list[Path] = field(default_factory=list)
     kind: str = "dicom"
+    headers: dict[Path, pydicom.Dataset] = field(default_factory=dict, repr=False)  # read while grouping
 
 
 def _files_under(path: Path) -> list[Path]:
@@ -70,17 +71,19 @@ def find_studies(path: Path | str) -> list[StudySource]:
         StudySource(label=str(f.relative_to(path)), path=f, files=[f], kind="nifti") for f in files if is_nifti(f)
     ]
     by_study: dict[str, list[Path]] = defaultdict(list)
+    headers: dict[Path, pydicom.Dataset] = {}
     unreadable: list[Path] = []
     for f in files:
         if is_nifti(f):
             continue
         try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
             study_uid = str(getattr(ds, "StudyInstanceUID", ""))
         except Exception:  # unreadable: reported by the loader, within the study that shares its folder
             study_uid = ""
         if study_uid:
             by_study[study_uid].append(f)
+            headers[f] = ds  # kept, so that loading does not parse the file's header again
         else:
             unreadable.append(f)
     study_of_folder = {f.parent: key for key, group in by_study.items() for f in group}
@@ -92,7 +95,8 @@ def find_studies(path: Path | str) -> list[StudySource]:
             Path(*Path(group[0]).parts[: min(len(p.parts) for p in parents)]) if len(parents) > 1 else group[0].parent
         )
         label = str(common.relative_to(path)) if common != path else path.name
-        studies.append(StudySource(label=label, path=common, files=group, kind="dicom"))
+        studies.append(StudySource(label=label, path=common, files=group, kind="dicom",
+                                   headers={f: headers[f] for f in group if f in headers}))
     if not studies:
         raise EmptyInputError(f"{path}: no DICOM or NIfTI files found")
     return studies
@@ -102,7 +106,7 @@ def load_study(source: StudySource, workers: int | None = None) -> CTVolume:
     """Load one study found by :func:`find_studies`."""
     if source.kind == "nifti":
         return load_nifti(source.path)
-    return load_dicom_series(source.files, source.path, workers=workers)
+    return load_dicom_series(source.files, source.path, workers=workers, headers=source.headers)
 
 
 def load_volume(path: Path | str, workers: int | None = None) -> CTVolume:

@@ -48,13 +48,20 @@ def _is_dicom_file(path: Path) -> bool:
         return False
 
 
-def read_headers(files: list[Path]) -> tuple[list[_Header], list[Path]]:
+def read_headers(
+    files: list[Path], known: dict[Path, pydicom.Dataset] | None = None
+) -> tuple[list[_Header], list[Path]]:
     """Read the headers (no pixels) of the DICOM files among ``files``; returns headers and ignored paths.
 
     Files without the DICOM preamble are ignored; a file with the preamble that fails to parse is corrupt.
+    ``known`` headers (read before, e.g. while grouping files by study) are used as they are.
     """
     headers, ignored = [], []
+    known = known or {}
     for path in files:
+        if path in known and "SOPInstanceUID" in known[path] and "SeriesInstanceUID" in known[path]:
+            headers.append(_Header(path, known[path]))
+            continue
         if path.name.upper() == "DICOMDIR" or not _is_dicom_file(path):
             ignored.append(path)
             continue
@@ -237,14 +244,18 @@ def _load_multiframe(header: _Header, source: Path) -> CTVolume:
     return CTVolume(hu=hu, spacing_mm=spacing, affine=affine, meta=_meta(ds, source))
 
 
-def load_dicom_series(files: list[Path], source: Path, workers: int | None = None) -> CTVolume:
+def load_dicom_series(
+    files: list[Path],
+    source: Path,
+    workers: int | None = None,
+    headers: dict[Path, pydicom.Dataset] | None = None,
+) -> CTVolume:
     """Load the axial CT series among ``files`` as a canonical HU volume.
 
     Slices are ordered by their position along the slice normal (never by file name), rescale slope and
     intercept are applied, and pixel data are decoded by ``workers`` processes (default: one per core).
     """
-    headers, _ = read_headers(files)
-    members = choose_ct_series(headers, source)
+    members = choose_ct_series(read_headers(files, headers)[0], source)
     if len(members) == 1 and int(getattr(members[0].ds, "NumberOfFrames", 1) or 1) > 1:
         return _load_multiframe(members[0], source)
     if len(members) == 1:

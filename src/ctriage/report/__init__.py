@@ -28,12 +28,12 @@ def write_outputs(result: StudyResult, outdir: Path) -> dict[str, Path]:
     for k in most_affected_slices(result.lesion_mask):
         image = render_slice(volume.hu[k], result.lesion_mask[k], lung2d=lung[k])
         path = outdir / f"overlay_{k:04d}.png"
-        image.save(path)
+        image.save(path, compress_level=1)  # fast; PNG is lossless at every level
         overlays.append(path.name)
         paths[f"overlay_{k:04d}"] = path
     projection = severity_projection(volume.hu, lung, result.lesion_mask, volume.spacing_mm)
     paths["projection"] = outdir / "projection.png"
-    projection.save(paths["projection"])
+    projection.save(paths["projection"], compress_level=1)
     report = result.to_dict()
     report["files"] = {
         "lungs": "lungs.nii.gz",
