@@ -71,20 +71,23 @@ def body_mask(hu: np.ndarray) -> np.ndarray:
     return _fill_slices(labels == int(np.argmax(sizes)))
 
 
+def _in_plane_structure() -> np.ndarray:
+    """3D structuring element that connects 4-neighbours within a slice only."""
+    structure = np.zeros((3, 3, 3), bool)
+    structure[1] = ndimage.generate_binary_structure(2, 1)
+    return structure
+
+
 def _remove_airways(air: np.ndarray, pixel_area_mm2: float) -> np.ndarray:
     """Drop small air regions near the left-right middle of each slice (trachea, main bronchi)."""
-    out = air.copy()
+    labels, count = ndimage.label(air, structure=_in_plane_structure())  # regions of each slice, all at once
     width = air.shape[2]
-    xs = np.broadcast_to(np.arange(width, dtype=np.float64), air.shape[1:])
-    for k in np.flatnonzero(air.any(axis=(1, 2))):
-        labels, count = ndimage.label(air[k])
-        areas = np.bincount(labels.ravel(), minlength=count + 1).astype(float)
-        centre_x = np.bincount(labels.ravel(), weights=xs.ravel(), minlength=count + 1) / np.maximum(areas, 1)
-        central = np.abs(centre_x - width / 2) < 0.15 * width
-        airway = (areas * pixel_area_mm2 < AIRWAY_MAX_AREA_MM2) & central
-        airway[0] = False
-        out[k][airway[labels]] = False
-    return out
+    areas = np.bincount(labels.ravel(), minlength=count + 1).astype(float)
+    xs = np.broadcast_to(np.arange(width, dtype=np.float64), air.shape)
+    centre_x = np.bincount(labels.ravel(), weights=xs.ravel(), minlength=count + 1) / np.maximum(areas, 1)
+    airway = (areas * pixel_area_mm2 < AIRWAY_MAX_AREA_MM2) & (np.abs(centre_x - width / 2) < 0.15 * width)
+    airway[0] = False
+    return air & ~airway[labels]
 
 
 def _keep_lungs(air: np.ndarray, small_hu: np.ndarray, voxel_ml: float) -> np.ndarray:
@@ -104,10 +107,11 @@ def _keep_lungs(air: np.ndarray, small_hu: np.ndarray, voxel_ml: float) -> np.nd
     if not candidate.any():
         return np.zeros_like(air)
     order = [int(i) for i in np.argsort(np.where(candidate, sizes, 0))[::-1] if candidate[i]]
-    keep = [order[0]]
+    keep = np.zeros(count + 1, bool)
+    keep[order[0]] = True
     if len(order) > 1 and sizes[order[1]] > 0.1 * sizes[order[0]]:
-        keep.append(order[1])
-    return np.isin(labels, keep)
+        keep[order[1]] = True
+    return keep[labels]
 
 
 def _two_largest(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -144,8 +148,7 @@ def split_left_right(lungs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         part1, part2 = np.zeros_like(lungs), np.zeros_like(lungs)
         if parts is not None:
             markers = parts[0].astype(np.int8) + 2 * parts[1].astype(np.int8)
-            _, indices = ndimage.distance_transform_edt(markers == 0, return_indices=True)
-            nearest = markers[tuple(indices)]
+            nearest = np.where(markers > 0, markers, _nearest_marker(markers))
             part1[box], part2[box] = crop & (nearest == 1), crop & (nearest == 2)
         else:
             xs = np.arange(lungs.shape[2])[None, None, :]
@@ -157,14 +160,22 @@ def split_left_right(lungs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (part1, part2) if x1 > x2 else (part2, part1)
 
 
+def _nearest_marker(markers: np.ndarray) -> np.ndarray:
+    """For every voxel, the label of the nearest non-zero voxel of ``markers`` (z, y, x), found on a grid of
+    every second row and column (4x less work; the boundary between two markers moves by one voxel at most)."""
+    coarse = markers[:, ::2, ::2]
+    _, indices = ndimage.distance_transform_edt(coarse == 0, return_indices=True)
+    nearest = coarse[tuple(indices)]
+    return np.repeat(np.repeat(nearest, 2, axis=1), 2, axis=2)[:, : markers.shape[1], : markers.shape[2]]
+
+
 def _fill_slices(mask: np.ndarray) -> np.ndarray:
     """Fill the holes of every slice of a (z, y, x) mask: background parts that do not reach the slice's edge."""
-    in_plane = np.zeros((3, 3, 3), bool)
-    in_plane[1] = ndimage.generate_binary_structure(2, 1)
-    background, _ = ndimage.label(~mask, structure=in_plane)
-    edge = np.unique(np.concatenate([background[:, 0], background[:, -1], background[:, :, 0], background[:, :, -1]],
-                                    axis=None))
-    return mask | ~np.isin(background, edge[edge > 0]) & (background > 0)
+    background, count = ndimage.label(~mask, structure=_in_plane_structure())
+    hole = np.ones(count + 1, bool)
+    hole[0] = False
+    hole[background[:, 0]] = hole[background[:, -1]] = hole[background[:, :, 0]] = hole[background[:, :, -1]] = False
+    return mask | hole[background]
 
 
 def segment_lungs(hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> LungMasks:

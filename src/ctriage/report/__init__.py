@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,28 +20,36 @@ def write_outputs(result: StudyResult, outdir: Path) -> dict[str, Path]:
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     volume = result.volume
-    paths = {
-        "lungs": save_nifti(result.lung_labels(), volume.affine, outdir / "lungs.nii.gz"),
-        "lesions": save_nifti(result.lesion_mask, volume.affine, outdir / "lesions.nii.gz"),
-    }
-    lung = result.lung_left | result.lung_right
-    overlays = []
-    for k in most_affected_slices(result.lesion_mask):
-        image = render_slice(volume.hu[k], result.lesion_mask[k], lung2d=lung[k])
-        path = outdir / f"overlay_{k:04d}.png"
-        image.save(path, compress_level=1)  # fast; PNG is lossless at every level
-        overlays.append(path.name)
-        paths[f"overlay_{k:04d}"] = path
-    projection = severity_projection(volume.hu, lung, result.lesion_mask, volume.spacing_mm)
-    paths["projection"] = outdir / "projection.png"
-    projection.save(paths["projection"], compress_level=1)
+    with ThreadPoolExecutor(max_workers=2) as pool:  # gzip releases the GIL: masks compress beside the images
+        masks = {
+            "lungs": pool.submit(save_nifti, result.lung_labels(), volume.affine, outdir / "lungs.nii.gz"),
+            "lesions": pool.submit(save_nifti, result.lesion_mask, volume.affine, outdir / "lesions.nii.gz"),
+        }
+        paths = _write_images(result, outdir)
+        paths.update({name: future.result() for name, future in masks.items()})
     report = result.to_dict()
     report["files"] = {
         "lungs": "lungs.nii.gz",
         "lesions": "lesions.nii.gz",
-        "overlays": overlays,
+        "overlays": [path.name for name, path in paths.items() if name.startswith("overlay_")],
         "projection": "projection.png",
     }
     paths["report"] = outdir / "report.json"
     paths["report"].write_text(json.dumps(report, indent=2, default=float))
+    return paths
+
+
+def _write_images(result: StudyResult, outdir: Path) -> dict[str, Path]:
+    """Overlay PNGs of the most affected slices and the severity projection; returns their paths by name."""
+    volume = result.volume
+    paths: dict[str, Path] = {}
+    lung = result.lung_left | result.lung_right
+    for k in most_affected_slices(result.lesion_mask):
+        image = render_slice(volume.hu[k], result.lesion_mask[k], lung2d=lung[k])
+        path = outdir / f"overlay_{k:04d}.png"
+        image.save(path, compress_level=1)  # fast; PNG is lossless at every level
+        paths[f"overlay_{k:04d}"] = path
+    projection = severity_projection(volume.hu, lung, result.lesion_mask, volume.spacing_mm)
+    paths["projection"] = outdir / "projection.png"
+    projection.save(paths["projection"], compress_level=1)
     return paths
