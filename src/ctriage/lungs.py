@@ -133,11 +133,13 @@ def split_left_right(lungs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     When both lungs form one component (touching at the anterior junction), erode until two large parts
     appear and give every voxel to the nearer part; failing that, cut at the centre of mass.
     """
+    if not lungs.any():
+        return lungs.copy(), np.zeros_like(lungs)
     parts = _two_largest(lungs)
     if parts is not None:
         part1, part2 = parts[0], lungs & ~parts[0]
     else:
-        box = ndimage.find_objects(lungs.astype(np.uint8))[0] if lungs.any() else (slice(0, 0),) * 3
+        box = ndimage.find_objects(lungs.astype(np.uint8))[0]
         crop = lungs[box]
         core = crop
         for _ in range(12):  # usually one to three erosions part the lungs

@@ -19,7 +19,7 @@ def lesions(
     data_root: Annotated[Path, typer.Option(help="Folder with medseg_infnet_2d/, acl_ggo_311/.")] = DEFAULT_DATA_ROOT,
     net: Annotated[str, typer.Option(help="Network: unet, unetpp or multitask.")] = "unet",
     features: Annotated[str, typer.Option(help="MONAI BasicUNet feature widths (6 integers).")] = "12,24,48,96,192,12",
-    space_to_depth: Annotated[int, typer.Option(help="The body runs at 1/f of the input resolution (2 or 4).")] = 4,
+    space_to_depth: Annotated[int, typer.Option(help="The body runs at 1/f of the input resolution (2 or 4).")] = 2,
     input_size: Annotated[int, typer.Option(help="Square model input size in pixels.")] = 256,
     pretrain_steps: Annotated[int, typer.Option(help="Binary pre-training steps (pseudo-label + ACL).")] = 300,
     finetune_steps: Annotated[int, typer.Option(help="Three-class fine-tuning steps on MedSeg train.")] = 300,

@@ -20,7 +20,7 @@ from torch import nn
 
 NUM_CLASSES = 3  # 0 background, 1 GGO, 2 consolidation
 DEFAULT_FEATURES = (12, 24, 48, 96, 192, 12)
-DEFAULT_SPACE_TO_DEPTH = 4
+DEFAULT_SPACE_TO_DEPTH = 2
 NET_NAMES = ("unet", "unetpp", "multitask")
 
 
