@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+import pytest
 
 from ctriage.evaluate.metrics import roc_auc
 from ctriage.lesions import crop_box, segment_lesions
@@ -69,3 +70,17 @@ def test_real_covid_ct_slices_with_infection_score_higher(p001):
     fraction = (result.mask > 0).sum(axis=(1, 2)) / np.maximum(lungs.sum(axis=(1, 2)), 1)
     assert roc_auc(infected, fraction) > 0.75
     assert fraction[infected == 1].mean() > 3 * fraction[infected == 0].mean()
+
+
+def test_max_lesion_probability_matches_softmax():
+    from ctriage.lesions import class_map, max_lesion_probability
+
+    logits = np.random.default_rng(3).normal(scale=4.0, size=(3, 20, 30)).astype(np.float32)
+    softmax = np.exp(logits) / np.exp(logits).sum(axis=0)
+    lesion = softmax[1] + softmax[2]
+    region = np.zeros((20, 30), bool)
+    region[5:9, 3:12] = True
+    assert max_lesion_probability(logits) == pytest.approx(float(lesion.max()), rel=1e-5)
+    assert max_lesion_probability(logits, region) == pytest.approx(float(lesion[region].max()), rel=1e-5)
+    assert max_lesion_probability(logits, np.zeros((20, 30), bool)) == 0.0
+    assert np.array_equal(class_map(logits), softmax.argmax(axis=0).astype(np.uint8))

@@ -40,18 +40,29 @@ def resize_plane(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(image.resize((shape[1], shape[0]), Image.BILINEAR), dtype=np.float32)
 
 
-def labels_and_lesion_logit(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 3, H, W) logits -> class map uint8 (N, H, W) by argmax (ties to the lower class) and the lesion
-    logit float32 (N, H, W): log(P(GGO) + P(consolidation)) - log P(background), without a full softmax."""
-    background, ggo, consolidation = logits[:, 0], logits[:, 1], logits[:, 2]
+def class_map(logits: np.ndarray) -> np.ndarray:
+    """(3, H, W) logits -> class map uint8 (H, W) by argmax, ties to the lower class."""
+    background, ggo, consolidation = logits
     labels = np.where(consolidation > ggo, np.uint8(2), np.uint8(1))
     labels[np.maximum(ggo, consolidation) <= background] = 0
-    return labels, np.logaddexp(ggo, consolidation) - background
+    return labels
 
 
-def sigmoid(logit: float) -> float:
-    """1 / (1 + exp(-logit)), safe for large magnitudes."""
-    return float(np.exp(-np.logaddexp(0.0, -logit)))
+def max_lesion_probability(logits: np.ndarray, region: np.ndarray | None = None) -> float:
+    """Highest P(GGO) + P(consolidation) over the ``region`` (bool (H, W); None = all) of (3, H, W) logits.
+
+    P(lesion) = sigmoid(logaddexp(GGO, consolidation) - background); as logaddexp(a, b) <= max(a, b) + log 2,
+    only pixels within log 2 of the best max(a, b) - background need the exact value.
+    """
+    background, ggo, consolidation = logits
+    upper = np.maximum(ggo, consolidation) - background
+    if region is not None:
+        if not region.any():
+            return 0.0
+        upper = np.where(region, upper, -np.inf)
+    near = upper >= upper.max() - np.log(2.0)
+    best = float((np.logaddexp(ggo[near], consolidation[near]) - background[near]).max())
+    return float(np.exp(-np.logaddexp(0.0, -best)))  # sigmoid, safe for large |best|
 
 
 def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -62,21 +73,27 @@ def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def predict_labels(
-    model: ModelHandle, planes: list[np.ndarray], batch_size: int = 16
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """For each [0, 1] float plane (h, w): its class map uint8 0/1/2 at (h, w) and the lesion logit (see
-    :func:`labels_and_lesion_logit`) at the model's input size.
+    model: ModelHandle, planes: list[np.ndarray], batch_size: int = 16, regions: list[np.ndarray] | None = None
+) -> list[tuple[np.ndarray, float]]:
+    """For each [0, 1] float plane (h, w): its class map uint8 0/1/2 at (h, w) and the highest lesion
+    probability over ``regions[i]`` (bool (h, w); default the whole plane), see :func:`max_lesion_probability`.
 
     Planes are resized bilinearly to the model's square input and run in batches; class maps are resized back
     by nearest neighbour.
     """
     size = model.input_size
-    out: list[tuple[np.ndarray, np.ndarray]] = []
+    out: list[tuple[np.ndarray, float]] = []
     for start in range(0, len(planes), batch_size):
         chunk = planes[start:start + batch_size]
-        batch = np.stack([resize_plane(p, (size, size)) for p in chunk])[:, None]
-        labels, lesion_logit = labels_and_lesion_logit(model.run(batch))
-        out.extend((resize_labels(c, p.shape), q) for c, q, p in zip(labels, lesion_logit, chunk, strict=True))
+        logits = model.run(np.stack([resize_plane(p, (size, size)) for p in chunk])[:, None])
+        for index, (plane, plane_logits) in enumerate(zip(chunk, logits, strict=True)):
+            region = None if regions is None else regions[start + index]
+            if region is not None and not region.all():
+                region = resize_labels(region.astype(np.uint8), (size, size)) > 0
+            else:
+                region = None
+            out.append((resize_labels(class_map(plane_logits), plane.shape),
+                        max_lesion_probability(plane_logits, region)))
     return out
 
 
@@ -117,15 +134,11 @@ def segment_lesions(
     slices = np.flatnonzero(lung_mask.any(axis=(1, 2)))
     boxes = [crop_box(lung_mask[z], (spacing_mm[1], spacing_mm[2])) for z in slices]
     planes = [window(hu[z][box], window_hu) for z, box in zip(slices, boxes, strict=True)]
-    for z, box, (labels, lesion_logit) in zip(slices, boxes, predict_labels(model, planes, batch_size), strict=True):
-        lung = lung_mask[z][box]
-        if lung.all():  # the usual search area: a rectangle
-            mask[z][box] = labels
-            slice_probability[z] = sigmoid(float(lesion_logit.max()))
-        else:
-            mask[z][box] = np.where(lung, labels, 0)
-            on_model_grid = resize_labels(lung.astype(np.uint8), lesion_logit.shape) > 0
-            slice_probability[z] = sigmoid(float(lesion_logit[on_model_grid].max())) if on_model_grid.any() else 0.0
+    lungs = [lung_mask[z][box] for z, box in zip(slices, boxes, strict=True)]
+    predictions = predict_labels(model, planes, batch_size, regions=lungs)
+    for z, box, lung, (labels, probability) in zip(slices, boxes, lungs, predictions, strict=True):
+        mask[z][box] = labels if lung.all() else np.where(lung, labels, 0)  # all: the usual rectangular area
+        slice_probability[z] = probability
     return LesionResult(mask, slice_probability, model.version)
 
 
