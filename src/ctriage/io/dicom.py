@@ -191,6 +191,9 @@ def _load_single_frame_series(members: list[_Header], source: Path, workers: int
     members = [members[i] for i in order]
     positions_mm = np.asarray(positions)[order]
     slice_gap = _check_gaps(positions_mm, source)
+    step = normal
+    if normal[2] > 0:  # stack head to feet, as canonical z runs, so that reorienting needs no copy of the volume
+        members, step = members[::-1], -normal
     first = members[0].ds
     plugin = _decoding_plugin(first.file_meta.TransferSyntaxUID)
     stack = np.empty((len(members), int(first.Rows), int(first.Columns)), np.int16)
@@ -203,10 +206,9 @@ def _load_single_frame_series(members: list[_Header], source: Path, workers: int
     row_mm, col_mm = (float(v) for v in first.PixelSpacing)
     origin = np.asarray([float(v) for v in first.ImagePositionPatient])
     # array axes (slice, row, column): along a row index we move down a column, i.e. along IOP[3:6]
-    affine = affine_from_lps(origin, np.stack([normal, orientation[1], orientation[0]]), (slice_gap, row_mm, col_mm))
+    affine = affine_from_lps(origin, np.stack([step, orientation[1], orientation[0]]), (slice_gap, row_mm, col_mm))
     hu, affine, spacing = to_canonical(stack, affine)
-    # canonical z runs head to feet: the stack (ascending along the normal) is reversed when the normal points up
-    slice_files = [h.path for h in (members[::-1] if normal[2] > 0 else members)]
+    slice_files = [h.path for h in members]  # axial: step points to the feet, so z is not flipped
     return CTVolume(hu=hu, spacing_mm=spacing, affine=affine, meta=_meta(first, source), slice_files=slice_files)
 
 
