@@ -312,10 +312,20 @@ def add_dense_lung(
         thickness_px = min_thickness_mm / pixel_mm
         added_left, added_right = _thick_parts(added_left, thickness_px), _thick_parts(added_right, thickness_px)
     return LungMasks(
-        left=lungs.left | upsample(added_left, factor, hu.shape),
-        right=lungs.right | upsample(added_right, factor, hu.shape),
+        left=_with_blocks(lungs.left, added_left, factor),
+        right=_with_blocks(lungs.right, added_right, factor),
         spacing_mm=lungs.spacing_mm,
     )
+
+
+def _with_blocks(mask: np.ndarray, blocks: np.ndarray, factor: int) -> np.ndarray:
+    """A copy of the voxel-grid ``mask`` with the working-grid ``blocks`` set, touching only their bounding box."""
+    out = mask.copy()
+    if blocks.any():
+        zs, ys, xs = ndimage.find_objects(blocks.astype(np.uint8))[0]
+        full = (zs, slice(ys.start * factor, ys.stop * factor), slice(xs.start * factor, xs.stop * factor))
+        out[full] |= np.repeat(np.repeat(blocks[zs, ys, xs], factor, axis=1), factor, axis=2)
+    return out
 
 
 def _thick_parts(mask: np.ndarray, thickness_px: float) -> np.ndarray:

@@ -57,7 +57,8 @@ def severity_projection(
     so that the picture has the patient's true proportions.
     """
     # mean of min(HU, 1024) along each ray, accumulated in float32 without a float copy of the volume
-    attenuation = (np.minimum(hu, 1024).mean(axis=1, dtype=np.float32) + 1024.0) / 2048.0
+    ray_sum = np.add.reduce(np.minimum(hu, 1024), axis=1, dtype=np.float32)  # faster than .mean here
+    attenuation = (ray_sum / hu.shape[1] + 1024.0) / 2048.0
     lo, hi = np.percentile(attenuation, [1, 99.5])
     grey = np.clip((attenuation - lo) / max(hi - lo, 1e-6), 0, 1)
     lung_depth = lung.sum(axis=1).astype(np.float32)
