@@ -12,6 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from ctriage import __version__
 from ctriage.evaluate.cli import app as evaluate_app
 from ctriage.io import InputError, find_studies
+from ctriage.io.decode import start_workers
 from ctriage.service.cli import app as service_app
 from ctriage.train.cli import app as train_app
 from ctriage.triage_cli import app as triage_app
@@ -61,6 +62,7 @@ def analyze(
     if lesion_mask is not None and not lesion_mask.exists():
         raise _fail(f"{lesion_mask}: no such lesion mask file")
     failures = 0
+    start_workers()  # before the progress display starts its thread: the decoding workers can be forked
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),

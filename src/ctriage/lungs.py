@@ -253,12 +253,19 @@ def _beyond_lung(lung: np.ndarray, candidates: np.ndarray, centre: tuple[float, 
     return out
 
 
-def _side_region(lung: np.ndarray, hu: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray:
-    """Dense-lung region of one lung on the slices of ``lung`` (bool, z-y-x) with working-grid ``hu``."""
+def _side_region(
+    lung: np.ndarray, hu: np.ndarray, pixel_mm: tuple[float, float], within: np.ndarray | None
+) -> np.ndarray:
+    """Dense-lung region of one lung (bool, z-y-x, working grid) with working-grid ``hu``; with ``within``,
+    only on slices where ``within`` has pixels in reach of the lung (its bounding box grown by the margin)."""
     margin_px = (HULL_MARGIN_MM / pixel_mm[0], HULL_MARGIN_MM / pixel_mm[1])
+    reach = (int(np.ceil(margin_px[0])), int(np.ceil(margin_px[1])))
     region = np.zeros_like(lung)
-    for k in np.flatnonzero(lung.any(axis=(1, 2))):
-        if np.count_nonzero(lung[k]) < 30:
+    for k in np.flatnonzero(np.count_nonzero(lung.reshape(len(lung), -1), axis=1) >= 30):
+        rows, cols = np.flatnonzero(lung[k].any(axis=1)), np.flatnonzero(lung[k].any(axis=0))
+        box = (slice(max(rows[0] - reach[0], 0), rows[-1] + 1 + reach[0]),
+               slice(max(cols[0] - reach[1], 0), cols[-1] + 1 + reach[1]))
+        if within is not None and not within[k][box].any():
             continue
         candidates = _grown_hull(lung[k], margin_px) & ~lung[k] & (hu[k] < DENSE_LUNG_MAX_HU)
         body_rows, body_cols = np.nonzero(hu[k] > BODY_HU)
@@ -266,23 +273,20 @@ def _side_region(lung: np.ndarray, hu: np.ndarray, pixel_mm: tuple[float, float]
     return region
 
 
-def dense_lung_region(lungs: LungMasks, hu: np.ndarray, slices: np.ndarray | None = None) -> DenseLungRegion:
+def dense_lung_region(lungs: LungMasks, hu: np.ndarray, within: np.ndarray | None = None) -> DenseLungRegion:
     """Per slice and lung, on the working grid: the convex hull of the aerated lung grown by 10 mm, outside
     both masks, not bone (> 200 HU), and beyond the aerated lung as seen from the body's centre (see
     :func:`_beyond_lung`).
 
-    Every step works slice by slice, so ``slices`` (z indices) limits the work to where it is needed; the
-    region is empty elsewhere.
+    Every step works slice by slice; ``within`` (bool, working grid) limits the work to the slices and lungs
+    where it is needed: the region is empty on slices where ``within`` has nothing in a lung's reach.
     """
     factor = work_grid_factor(lungs.spacing_mm)
-    slices = np.arange(hu.shape[0]) if slices is None else np.asarray(slices, int)
     left_small, right_small = subsample(lungs.left, factor), subsample(lungs.right, factor)
+    small_hu, aerated = subsample(hu, factor), left_small | right_small
     pixel_mm = (lungs.spacing_mm[1] * factor, lungs.spacing_mm[2] * factor)
-    left, right = np.zeros(left_small.shape, bool), np.zeros(left_small.shape, bool)
-    if len(slices):
-        small_hu, aerated = subsample(hu[slices], factor), left_small[slices] | right_small[slices]
-        left[slices] = _side_region(left_small[slices], small_hu, pixel_mm) & ~aerated
-        right[slices] = _side_region(right_small[slices], small_hu, pixel_mm) & ~aerated & ~left[slices]
+    left = _side_region(left_small, small_hu, pixel_mm, within) & ~aerated
+    right = _side_region(right_small, small_hu, pixel_mm, within) & ~aerated & ~left
     return DenseLungRegion(left=left, right=right, factor=factor)
 
 
@@ -302,10 +306,9 @@ def add_dense_lung(
     factor = work_grid_factor(lungs.spacing_mm)
     lesion = block_counts(lesion_mask > 0, factor) > 0
     outside = lesion & ~subsample(lungs.left, factor) & ~subsample(lungs.right, factor)
-    slices = np.flatnonzero(outside.any(axis=(1, 2)))
-    if not len(slices):
+    if not outside.any():
         return lungs
-    region = dense_lung_region(lungs, hu, slices)
+    region = dense_lung_region(lungs, hu, within=outside)
     pixel_mm = min(lungs.spacing_mm[1], lungs.spacing_mm[2]) * factor
     added_left, added_right = outside & region.left, outside & region.right
     if min_thickness_mm > 0:

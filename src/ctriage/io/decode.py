@@ -27,6 +27,7 @@ HU_RANGE = (-1024, 3071)  # the 12-bit CT range; values outside are padding or m
 
 _pool: ProcessPoolExecutor | None = None
 _pool_workers = 0
+_pool_lock = threading.Lock()  # the service analyses studies on several threads
 
 
 def available_cores() -> int:
@@ -59,6 +60,11 @@ def _decode_chunk(paths: list[Path], plugin: str) -> list[np.ndarray]:
 
 
 def _worker_pool(workers: int) -> ProcessPoolExecutor:
+    with _pool_lock:
+        return _make_pool(workers)
+
+
+def _make_pool(workers: int) -> ProcessPoolExecutor:
     global _pool, _pool_workers
     if _pool is None or _pool_workers != workers:
         if _pool is not None:
@@ -69,6 +75,14 @@ def _worker_pool(workers: int) -> ProcessPoolExecutor:
         _pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
         _pool_workers = workers
     return _pool
+
+
+def start_workers(workers: int | None = None) -> None:
+    """Start the decoding worker processes now (one per available core but one by default), e.g. before a
+    program starts threads, so that they can be forked instead of spawned."""
+    workers = available_cores() if workers is None else max(1, workers)
+    if workers > 1:
+        _worker_pool(workers - 1).submit(int).result()  # the pool creates its processes at the first task
 
 
 def _forget_pool() -> None:

@@ -54,9 +54,11 @@ def serve(
     """Run the listener, the analysis workers and the web UI until interrupted."""
     import uvicorn
 
+    from ctriage.io.decode import start_workers
     from ctriage.service.api import create_app
     from ctriage.service.runtime import Service
 
+    start_workers()  # forked now, before the listener and job threads start
     _logging(verbose)
     settings = _config(
         config,
