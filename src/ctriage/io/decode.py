@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -59,6 +60,18 @@ def _decode_chunk(paths: list[Path], plugin: str) -> list[np.ndarray]:
     return [decode_hu(path, plugin) for path in paths]
 
 
+def _exit_with_parent(parent_pid: int) -> None:
+    """Worker initializer: end this worker when the process that started it is gone (killed, or stopped by a
+    signal that skips its clean-up), instead of living on as an orphan."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="ctriage-parent-watch", daemon=True).start()
+
+
 def _worker_pool(workers: int) -> ProcessPoolExecutor:
     with _pool_lock:
         return _make_pool(workers)
@@ -72,7 +85,8 @@ def _make_pool(workers: int) -> ProcessPoolExecutor:
         # fork is instant but unsafe once other threads run (the service): spawn there, once per process
         single_threaded = threading.active_count() == 1
         method = "fork" if single_threaded and "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        _pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+        _pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
+                                    initializer=_exit_with_parent, initargs=(os.getpid(),))
         _pool_workers = workers
     return _pool
 
