@@ -8,6 +8,7 @@ import pytest
 
 from ctriage.io import CorruptFileError, load_volume
 from ctriage.io.decode import CHUNK_SLICES, decode_series, to_hu
+from ctriage.io.dicom import read_header, slice_source
 from tests.io.dicom_factory import write_series
 
 Z_40 = [float(z) for z in np.arange(40) * 2.5]  # five chunks
@@ -23,7 +24,7 @@ def test_worker_processes_give_the_same_volume(tmp_path):
 
 def test_decode_series_keeps_file_order(tmp_path):
     paths = write_series(tmp_path / "s", Z_40)
-    slices = list(decode_series(paths, "", workers=2))
+    slices = list(decode_series([slice_source(read_header(p)) for p in paths], "", workers=2))
     expected = [int(pydicom.dcmread(p).pixel_array[0, 0]) - 1024 for p in paths]  # factory: intercept -1024
     assert [int(s[0, 0]) for s in slices] == expected
 
@@ -34,10 +35,30 @@ def test_damaged_slice_in_a_worker_is_named(tmp_path):
     ds.PixelData = ds.PixelData[:100]
     ds.save_as(paths[1])
     with pytest.raises(CorruptFileError, match=paths[1].name):
-        list(decode_series(paths, "", workers=2))
+        list(decode_series([slice_source(read_header(p)) for p in paths], "", workers=2))
 
 
 def test_to_hu_integer_and_float_rescale():
     stored = np.array([[0, 1024, 5000]], np.uint16)
     assert to_hu(stored, 1.0, -1024.0).tolist() == [[-1024, 0, 3071]]
     assert to_hu(stored, 0.5, -10.0).tolist() == [[-10, 502, 2490]]
+
+
+def test_compressed_slice_decoded_from_its_pixel_data_offset(tmp_path):
+    """A compressed slice is decoded straight from its Pixel Data element (the header is not parsed twice) and
+    matches pydicom's own decoding; a native slice falls back to reading the whole file."""
+    from pydicom.uid import JPEGLSLossless, RLELossless
+
+    from ctriage.io.decode import _encapsulated_pixels, decode_hu
+
+    paths = write_series(tmp_path / "s", Z_40[:12])
+    native = slice_source(read_header(paths[0]))
+    assert native.pixel_offset is None
+    assert np.array_equal(decode_hu(native, ""), pydicom.dcmread(paths[0]).pixel_array.astype(np.int16) - 1024)
+    for syntax, path in zip((JPEGLSLossless, RLELossless), paths[1:3], strict=True):
+        ds = pydicom.dcmread(path)
+        ds.compress(syntax)
+        ds.save_as(path)
+        source = slice_source(read_header(path))
+        assert source.pixel_offset is not None
+        assert np.array_equal(_encapsulated_pixels(source, ""), pydicom.dcmread(path).pixel_array)

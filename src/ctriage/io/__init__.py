@@ -6,9 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pydicom
-
-from ctriage.io.dicom import load_dicom_series
+from ctriage.io.dicom import DicomHeader, load_dicom_series, read_header
 from ctriage.io.errors import (
     CorruptFileError,
     EmptyInputError,
@@ -48,7 +46,7 @@ class StudySource:
     path: Path
     files: list[Path] = field(default_factory=list)
     kind: str = "dicom"
-    headers: dict[Path, pydicom.Dataset] = field(default_factory=dict, repr=False)  # read while grouping
+    headers: dict[Path, DicomHeader] = field(default_factory=dict, repr=False)  # read while grouping
 
 
 def _files_under(path: Path) -> list[Path]:
@@ -71,19 +69,19 @@ def find_studies(path: Path | str) -> list[StudySource]:
         StudySource(label=str(f.relative_to(path)), path=f, files=[f], kind="nifti") for f in files if is_nifti(f)
     ]
     by_study: dict[str, list[Path]] = defaultdict(list)
-    headers: dict[Path, pydicom.Dataset] = {}
+    headers: dict[Path, DicomHeader] = {}
     unreadable: list[Path] = []
     for f in files:
         if is_nifti(f):
             continue
         try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True)
-            study_uid = str(getattr(ds, "StudyInstanceUID", ""))
+            header = read_header(f)
+            study_uid = str(getattr(header.ds, "StudyInstanceUID", ""))
         except Exception:  # unreadable: reported by the loader, within the study that shares its folder
             study_uid = ""
         if study_uid:
             by_study[study_uid].append(f)
-            headers[f] = ds  # kept, so that loading does not parse the file's header again
+            headers[f] = header  # kept, so that loading does not parse the file's header again
         else:
             unreadable.append(f)
     study_of_folder = {f.parent: key for key, group in by_study.items() for f in group}

@@ -15,14 +15,17 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.pixels import pixel_array
+from pydicom.pixels import get_decoder, pixel_array
+from pydicom.uid import UID
 
 from ctriage.io.errors import CorruptFileError
 
+ENCAPSULATED_PIXEL_DATA = b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff"  # (7FE0,0010) OB, undefined length
 CHUNK_SLICES = 8  # slices per task: large enough that task overhead is small, small enough to balance
 HU_RANGE = (-1024, 3071)  # the 12-bit CT range; values outside are padding or metal streaks
 
@@ -46,18 +49,46 @@ def to_hu(pixels: np.ndarray, slope: float, intercept: float) -> np.ndarray:
     return np.clip(hu, *HU_RANGE).astype(np.int16)
 
 
-def decode_hu(path: Path, plugin: str) -> np.ndarray:
-    """The HU image (int16, rows x columns) of one single-frame DICOM file, decoded with ``plugin`` ("" = any)."""
+@dataclass(frozen=True)
+class SliceSource:
+    """One single-frame slice to decode: its file, the file offset of its Pixel Data element when that holds
+    encapsulated (compressed) data (None: pydicom reads the whole file), its transfer syntax UID, its pixel
+    description (pydicom decoder options: rows, columns, bits_stored, ...) and its rescale to HU."""
+
+    path: Path
+    pixel_offset: int | None
+    transfer_syntax: str
+    description: dict[str, int | str]
+    slope: float
+    intercept: float
+
+
+def _encapsulated_pixels(source: SliceSource, plugin: str) -> np.ndarray | None:
+    """Decode the encapsulated Pixel Data value at ``source.pixel_offset`` with pydicom's decoder, so that the
+    header is not parsed a second time; None when the element there is not encapsulated Pixel Data."""
+    with open(source.path, "rb") as handle:
+        handle.seek(source.pixel_offset)
+        if handle.read(len(ENCAPSULATED_PIXEL_DATA)) != ENCAPSULATED_PIXEL_DATA:
+            return None
+        value = handle.read()
+    decoder = get_decoder(UID(source.transfer_syntax))
+    return decoder.as_array(value, decoding_plugin=plugin, **source.description)[0]
+
+
+def decode_hu(source: SliceSource, plugin: str) -> np.ndarray:
+    """The HU image (int16, rows x columns) of one single-frame DICOM slice, decoded with ``plugin`` ("" = any)."""
     try:
-        ds = pydicom.dcmread(path)
-        pixels = pixel_array(ds, decoding_plugin=plugin) if plugin else ds.pixel_array
+        pixels = _encapsulated_pixels(source, plugin) if source.pixel_offset is not None else None
+        if pixels is None:
+            ds = pydicom.dcmread(source.path)
+            pixels = pixel_array(ds, decoding_plugin=plugin) if plugin else ds.pixel_array
     except Exception as exc:  # decoders raise many exception types on damaged pixel data
-        raise CorruptFileError(f"{path}: pixel data cannot be decoded ({exc})") from exc
-    return to_hu(pixels, float(getattr(ds, "RescaleSlope", 1) or 1), float(getattr(ds, "RescaleIntercept", 0) or 0))
+        raise CorruptFileError(f"{source.path}: pixel data cannot be decoded ({exc})") from exc
+    return to_hu(pixels, source.slope, source.intercept)
 
 
-def _decode_chunk(paths: list[Path], plugin: str) -> list[np.ndarray]:
-    return [decode_hu(path, plugin) for path in paths]
+def _decode_chunk(sources: list[SliceSource], plugin: str) -> list[np.ndarray]:
+    return [decode_hu(source, plugin) for source in sources]
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -104,11 +135,11 @@ def _forget_pool() -> None:
     _pool = None
 
 
-def decode_series(paths: list[Path], plugin: str, workers: int | None = None) -> Iterator[np.ndarray]:
-    """HU images of ``paths`` in order, decoded by this process and ``workers`` - 1 worker processes (default:
+def decode_series(sources: list[SliceSource], plugin: str, workers: int | None = None) -> Iterator[np.ndarray]:
+    """HU images of ``sources`` in order, decoded by this process and ``workers`` - 1 worker processes (default:
     one per available core). Raises :class:`CorruptFileError` naming the first undecodable file."""
     workers = available_cores() if workers is None else max(1, workers)
-    chunks = [paths[i : i + CHUNK_SLICES] for i in range(0, len(paths), CHUNK_SLICES)]
+    chunks = [sources[i : i + CHUNK_SLICES] for i in range(0, len(sources), CHUNK_SLICES)]
     if workers == 1 or len(chunks) < 2:
         for chunk in chunks:
             yield from _decode_chunk(chunk, plugin)

@@ -11,7 +11,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder, pixel_array
 
-from ctriage.io.decode import decode_series, to_hu
+from ctriage.io.decode import SliceSource, decode_series, to_hu
 from ctriage.io.errors import (
     CorruptFileError,
     EmptyInputError,
@@ -30,13 +30,43 @@ PREFERRED_PLUGINS = ("pyjpegls", "pylibjpeg", "gdcm", "pillow")
 
 
 @dataclass
-class _Header:
+class DicomHeader:
+    """A DICOM file's data set without its pixel data, and the file offset where parsing stopped: the start
+    of the Pixel Data element (checked before use, see :func:`ctriage.io.decode.decode_hu`)."""
+
     path: Path
     ds: pydicom.Dataset
+    pixel_offset: int | None = None
 
     @property
     def series_uid(self) -> str:
         return str(getattr(self.ds, "SeriesInstanceUID", ""))
+
+
+def read_header(path: Path) -> DicomHeader:
+    """The header of the DICOM file at ``path`` (pydicom errors propagate)."""
+    with open(path, "rb") as handle:
+        ds = pydicom.dcmread(handle, stop_before_pixels=True)
+        return DicomHeader(path, ds, handle.tell())
+
+
+def slice_source(header: DicomHeader) -> SliceSource:
+    """What a decoding worker needs to decode the single-frame slice of ``header`` without parsing it again."""
+    ds, syntax = header.ds, header.ds.file_meta.TransferSyntaxUID
+    description: dict[str, int | str] = {
+        "rows": int(ds.Rows), "columns": int(ds.Columns), "samples_per_pixel": int(ds.SamplesPerPixel),
+        "bits_allocated": int(ds.BitsAllocated), "bits_stored": int(ds.BitsStored),
+        "pixel_representation": int(ds.PixelRepresentation),
+        "photometric_interpretation": str(ds.PhotometricInterpretation), "number_of_frames": 1,
+    }
+    return SliceSource(
+        path=header.path,
+        pixel_offset=header.pixel_offset if syntax.is_encapsulated and not syntax.is_deflated else None,
+        transfer_syntax=str(syntax),
+        description=description,
+        slope=float(getattr(ds, "RescaleSlope", 1) or 1),
+        intercept=float(getattr(ds, "RescaleIntercept", 0) or 0),
+    )
 
 
 def _is_dicom_file(path: Path) -> bool:
@@ -49,8 +79,8 @@ def _is_dicom_file(path: Path) -> bool:
 
 
 def read_headers(
-    files: list[Path], known: dict[Path, pydicom.Dataset] | None = None
-) -> tuple[list[_Header], list[Path]]:
+    files: list[Path], known: dict[Path, DicomHeader] | None = None
+) -> tuple[list[DicomHeader], list[Path]]:
     """Read the headers (no pixels) of the DICOM files among ``files``; returns headers and ignored paths.
 
     Files without the DICOM preamble are ignored; a file with the preamble that fails to parse is corrupt.
@@ -59,19 +89,19 @@ def read_headers(
     headers, ignored = [], []
     known = known or {}
     for path in files:
-        if path in known and "SOPInstanceUID" in known[path] and "SeriesInstanceUID" in known[path]:
-            headers.append(_Header(path, known[path]))
+        if path in known and "SOPInstanceUID" in known[path].ds and "SeriesInstanceUID" in known[path].ds:
+            headers.append(known[path])
             continue
         if path.name.upper() == "DICOMDIR" or not _is_dicom_file(path):
             ignored.append(path)
             continue
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            header = read_header(path)
         except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, TypeError) as exc:
             raise CorruptFileError(f"{path}: corrupt DICOM file ({exc})") from exc
-        if "SOPInstanceUID" not in ds or "SeriesInstanceUID" not in ds:
+        if "SOPInstanceUID" not in header.ds or "SeriesInstanceUID" not in header.ds:
             raise CorruptFileError(f"{path}: corrupt DICOM file (truncated: no SOP/series instance UID)")
-        headers.append(_Header(path, ds))
+        headers.append(header)
     return headers, ignored
 
 
@@ -91,11 +121,11 @@ def _orientation(ds: pydicom.Dataset) -> np.ndarray | None:
     return np.asarray([float(v) for v in iop]).reshape(2, 3)
 
 
-def choose_ct_series(headers: list[_Header], source: Path) -> list[_Header]:
+def choose_ct_series(headers: list[DicomHeader], source: Path) -> list[DicomHeader]:
     """Pick the axial CT series with the most images; reject non-CT inputs and localizers with a clear reason."""
     if not headers:
         raise EmptyInputError(f"{source}: no DICOM files found")
-    series: dict[str, list[_Header]] = defaultdict(list)
+    series: dict[str, list[DicomHeader]] = defaultdict(list)
     for header in headers:
         series[header.series_uid].append(header)
     modalities = sorted({str(getattr(h.ds, "Modality", "?")) for h in headers})
@@ -178,7 +208,7 @@ def _check_gaps(positions_mm: np.ndarray, source: Path) -> float:
     return float(np.mean(gaps))
 
 
-def _load_single_frame_series(members: list[_Header], source: Path, workers: int | None) -> CTVolume:
+def _load_single_frame_series(members: list[DicomHeader], source: Path, workers: int | None) -> CTVolume:
     orientation = _orientation(members[0].ds)
     normal = np.cross(orientation[0], orientation[1])
     positions = []
@@ -196,8 +226,12 @@ def _load_single_frame_series(members: list[_Header], source: Path, workers: int
         members, step = members[::-1], -normal
     first = members[0].ds
     plugin = _decoding_plugin(first.file_meta.TransferSyntaxUID)
+    try:
+        sources = [slice_source(h) for h in members]
+    except AttributeError as exc:
+        raise CorruptFileError(f"{source}: a slice lacks its pixel description ({exc})") from exc
     stack = np.empty((len(members), int(first.Rows), int(first.Columns)), np.int16)
-    for index, hu_slice in enumerate(decode_series([h.path for h in members], plugin, workers)):
+    for index, hu_slice in enumerate(decode_series(sources, plugin, workers)):
         if hu_slice.shape != stack.shape[1:]:
             raise NotVolumeError(
                 f"{members[index].path}: slice of shape {hu_slice.shape} in a series of {stack.shape[1:]} slices"
@@ -212,7 +246,7 @@ def _load_single_frame_series(members: list[_Header], source: Path, workers: int
     return CTVolume(hu=hu, spacing_mm=spacing, affine=affine, meta=_meta(first, source), slice_files=slice_files)
 
 
-def _load_multiframe(header: _Header, source: Path) -> CTVolume:
+def _load_multiframe(header: DicomHeader, source: Path) -> CTVolume:
     ds = pydicom.dcmread(header.path)
     try:
         plugin = _decoding_plugin(ds.file_meta.TransferSyntaxUID)
@@ -250,7 +284,7 @@ def load_dicom_series(
     files: list[Path],
     source: Path,
     workers: int | None = None,
-    headers: dict[Path, pydicom.Dataset] | None = None,
+    headers: dict[Path, DicomHeader] | None = None,
 ) -> CTVolume:
     """Load the axial CT series among ``files`` as a canonical HU volume.
 
