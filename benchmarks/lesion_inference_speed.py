@@ -46,7 +46,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from ctriage.lesions import segment_lesions
-    from ctriage.models.registry import cpu_threads, load_model
+    from ctriage.models.registry import load_model
+    from ctriage.system import available_cores
 
     hu, lungs, spacing, description = load_study(args.slices)
     model = load_model("lesions")
@@ -59,13 +60,13 @@ def main() -> None:
         seconds.append(time.perf_counter() - start)
         cpu_seconds.append(time.process_time() - start_cpu)
     print(f"{description}; {lung_slices} slices with lung; model {result.model_version}")
-    print(f"threads {cpu_threads()} (of {os.cpu_count()} CPUs), batch {args.batch_size}, input {model.input_size}px, "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"threads {available_cores()} (of {os.cpu_count()} CPUs), batch {args.batch_size}, "
+          f"input {model.input_size}px, load average {os.getloadavg()[0]:.1f}")
     print(f"segment_lesions: best {min(seconds):.2f} s, median {statistics.median(seconds):.2f} s "
           f"({1000 * min(seconds) / max(lung_slices, 1):.1f} ms per lung slice); target < 3 s")
     # On a shared machine wall time includes waiting for the CPU; CPU time / threads is the idle-machine estimate.
-    print(f"CPU time: best {min(cpu_seconds):.2f} s, i.e. about {min(cpu_seconds) / cpu_threads():.2f} s wall "
-          f"on {cpu_threads()} idle cores")
+    print(f"CPU time: best {min(cpu_seconds):.2f} s, i.e. about {min(cpu_seconds) / available_cores():.2f} s wall "
+          f"on {available_cores()} idle cores")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from pydicom.pixels import get_decoder, pixel_array
 from pydicom.uid import UID
 
 from ctriage.io.errors import CorruptFileError
+from ctriage.system import available_cores
 
 ENCAPSULATED_PIXEL_DATA = b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff"  # (7FE0,0010) OB, undefined length
 CHUNK_SLICES = 8  # slices per task: large enough that task overhead is small, small enough to balance
@@ -32,11 +33,6 @@ HU_RANGE = (-1024, 3071)  # the 12-bit CT range; values outside are padding or m
 _pool: ProcessPoolExecutor | None = None
 _pool_workers = 0
 _pool_lock = threading.Lock()  # the service analyses studies on several threads
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def to_hu(pixels: np.ndarray, slope: float, intercept: float) -> np.ndarray:
@@ -123,8 +119,8 @@ def _make_pool(workers: int) -> ProcessPoolExecutor:
 
 
 def start_workers(workers: int | None = None) -> None:
-    """Start the decoding worker processes now (one per available core but one by default), e.g. before a
-    program starts threads, so that they can be forked instead of spawned."""
+    """Start the decoding worker processes now, e.g. before a program starts threads, so that they can be
+    forked instead of spawned. ``workers`` counts the calling process too (default: the available cores)."""
     workers = available_cores() if workers is None else max(1, workers)
     if workers > 1:
         _worker_pool(workers - 1).submit(int).result()  # the pool creates its processes at the first task

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from ctriage.system import available_cores
+
 MODEL_DIR_ENV = "CTRIAGE_MODEL_DIR"
 PACKAGE_MODEL_DIR = Path(__file__).resolve().parent
 
@@ -59,16 +61,11 @@ class ModelHandle:
                    card, onnx_path)
 
 
-def cpu_threads() -> int:
-    """CPU cores available to this process."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 @lru_cache(maxsize=8)
 def cached_session(onnx_path: str, mtime: float) -> ort.InferenceSession:
     """One CPU session per (file, modification time); intra-op threads = available cores."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = cpu_threads()
+    options.intra_op_num_threads = available_cores()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
