@@ -88,3 +88,23 @@ def test_phantom_through_model(phantom):
     assert result.lesion_mask.shape == phantom.volume.shape
     assert not (result.lesion_mask[~(result.lung_left | result.lung_right)] > 0).any()
     assert 0.0 <= result.severity.max_ratio <= 1.0
+
+
+def test_thin_slices_are_analysed_on_a_2_mm_grid(phantom):
+    """Each slice of the phantom doubled (1.25 mm): the model runs on every other slice, which are the original
+    slices, so every slice gets the masks of its original and the volumes in mL match the original study."""
+    from dataclasses import replace
+
+    from ctriage.pipeline import analysis_slices
+
+    thick = phantom.volume
+    thin = replace(thick, hu=np.repeat(thick.hu, 2, axis=0),
+                   spacing_mm=(thick.spacing_mm[0] / 2, *thick.spacing_mm[1:]))
+    assert analysis_slices(thin.spacing_mm) == slice(1, None, 2)
+    assert analysis_slices(thick.spacing_mm) == slice(0, None, 1)
+    thick_result, thin_result = analyze_volume(thick), analyze_volume(thin)
+    assert thin_result.lesion_mask.shape == thin.shape
+    assert np.array_equal(thin_result.lesion_mask, np.repeat(thick_result.lesion_mask, 2, axis=0))
+    assert np.array_equal(thin_result.lung_left, np.repeat(thick_result.lung_left, 2, axis=0))
+    assert thin_result.severity.lung_ml == pytest.approx(thick_result.severity.lung_ml)
+    assert thin_result.severity.lesion_ml == pytest.approx(thick_result.severity.lesion_ml)

@@ -123,8 +123,8 @@ def analyze_volume(
     timings = {} if timings is None else timings
     models: dict[str, str] = {}
     from_model = lesion_labels is None
-    k = work_grid_z_factor(volume.spacing_mm) if from_model else 1
-    hu = volume.hu[analysis_slices(volume.spacing_mm)] if k > 1 else volume.hu
+    grid = analysis_slices(volume.spacing_mm) if from_model else slice(0, None, 1)
+    k, hu = grid.step, volume.hu[grid]
     spacing_mm = (volume.spacing_mm[0] * k, volume.spacing_mm[1], volume.spacing_mm[2])
     with _timed(timings, "lungs", progress):
         lungs = segment_lungs(hu, spacing_mm)
