@@ -103,8 +103,8 @@ def _timed(timings: dict[str, float], stage: str, progress: Progress | None) -> 
 
 
 def analysis_slices(spacing_mm: tuple[float, float, float]) -> slice:
-    """The slices the model analyses: all of a series of 1.5 mm or thicker slices; of a thin-slice series, one
-    slice in k for a grid of about 2 mm (``work_grid_z_factor``), the middle one of each group of k."""
+    """The slices the model analyses: all slices down to 1.34 mm spacing; of a thinner series, one slice in k
+    for a grid of about 2 mm (k = ``work_grid_z_factor``), the middle one of each group of k."""
     k = work_grid_z_factor(spacing_mm)
     return slice(k // 2, None, k)
 
