@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pydicom
 import pytest
@@ -62,3 +67,33 @@ def test_compressed_slice_decoded_from_its_pixel_data_offset(tmp_path):
         source = slice_source(read_header(path))
         assert source.pixel_offset is not None
         assert np.array_equal(_encapsulated_pixels(source, ""), pydicom.dcmread(path).pixel_array)
+
+
+def _ended(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    return "\nState:\tZ" in status  # a zombie has ended; only its exit status waits to be collected
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to list child processes")
+def test_workers_end_when_their_parent_is_killed():
+    """No orphans: a decoding worker of a process that is killed (no clean-up runs) ends by itself."""
+    script = (
+        "import os, time\n"
+        "from ctriage.io.decode import start_workers\n"
+        "start_workers(2)\n"
+        "pid = os.getpid()\n"
+        "print(open(f'/proc/{pid}/task/{pid}/children').read(), flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    workers = [int(pid) for pid in process.stdout.readline().split()]
+    assert workers, "no decoding worker was started"
+    process.kill()
+    process.wait(10)
+    deadline = time.monotonic() + 15
+    while not all(_ended(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert all(_ended(pid) for pid in workers)
