@@ -2,8 +2,8 @@
 
 Each axial slice that contains lung is cropped to the lung bounding box plus a margin, windowed with
 ``LESION_INPUT_WINDOW_HU`` to [0, 1], resized to the model's square input, run through the ONNX model in
-batches; the class map and the lesion probability are resized back onto the crop. Labels are kept inside the
-lung mask only.
+batches; the class map is resized back onto the crop and the slice's lesion probability is read off the
+logits on the model grid. Labels are kept inside the lung mask only.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def predict_labels(
         for index, (plane, plane_logits) in enumerate(zip(chunk, logits, strict=True)):
             region = None if regions is None else regions[start + index]
             if region is not None and not region.all():
-                region = resize_labels(region.astype(np.uint8), (size, size)) > 0
+                region = resize_labels(region.astype(np.uint8), (size, size)) > 0  # onto the model grid
             else:
                 region = None
             out.append((resize_labels(class_map(plane_logits), plane.shape),
