@@ -137,7 +137,7 @@ def segment_lesions(
     lungs = [lung_mask[z][box] for z, box in zip(slices, boxes, strict=True)]
     predictions = predict_labels(model, planes, batch_size, regions=lungs)
     for z, box, lung, (labels, probability) in zip(slices, boxes, lungs, predictions, strict=True):
-        mask[z][box] = labels if lung.all() else np.where(lung, labels, 0)  # all: the usual rectangular area
+        mask[z][box] = labels if lung.all() else np.where(lung, labels, 0)  # all: the crop is inside the area
         slice_probability[z] = probability
     return LesionResult(mask, slice_probability, model.version)
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from ctriage.io.nifti import mask_to_canonical
 from ctriage.lungs import DENSE_LUNG_MIN_THICKNESS_MM, HULL_MARGIN_MM, LungMasks, add_dense_lung, segment_lungs
 from ctriage.preprocess import upsample, work_grid_z_factor
 from ctriage.severity import Severity, quantify
+
+if TYPE_CHECKING:
+    from ctriage.identify import Identification
 
 Progress = Callable[[str], None]
 MIN_PLAUSIBLE_LUNG_ML = 1000.0  # adult lungs hold several litres; far less means no (whole) chest in the scan
@@ -31,7 +34,7 @@ class StudyResult:
     lung_right: np.ndarray
     lesion_mask: np.ndarray
     severity: Severity
-    identification: Any | None = None
+    identification: Identification | None = None
     lesion_source: str = ""
     models: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)

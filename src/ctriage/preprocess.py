@@ -61,10 +61,8 @@ def upsample(mask: np.ndarray, factor: int, shape: tuple[int, ...], z_factor: in
     block repeat it."""
     if z_factor > 1:
         mask = mask[np.minimum(np.arange(shape[0]) // z_factor, len(mask) - 1)]  # a copy, in one pass
-    elif factor == 1 and mask.shape == tuple(shape):
-        return mask.copy()
     if factor == 1 and mask.shape == tuple(shape):
-        return mask
+        return mask if z_factor > 1 else mask.copy()
     rows, cols = mask.shape[1], mask.shape[2]
     out = np.zeros(shape, mask.dtype)
     if factor == 1:

@@ -89,16 +89,15 @@ def read_headers(
     headers, ignored = [], []
     known = known or {}
     for path in files:
-        if path in known and "SOPInstanceUID" in known[path].ds and "SeriesInstanceUID" in known[path].ds:
-            headers.append(known[path])
-            continue
-        if path.name.upper() == "DICOMDIR" or not _is_dicom_file(path):
-            ignored.append(path)
-            continue
-        try:
-            header = read_header(path)
-        except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, TypeError) as exc:
-            raise CorruptFileError(f"{path}: corrupt DICOM file ({exc})") from exc
+        header = known.get(path)
+        if header is None:
+            if path.name.upper() == "DICOMDIR" or not _is_dicom_file(path):
+                ignored.append(path)
+                continue
+            try:
+                header = read_header(path)
+            except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, TypeError) as exc:
+                raise CorruptFileError(f"{path}: corrupt DICOM file ({exc})") from exc
         if "SOPInstanceUID" not in header.ds or "SeriesInstanceUID" not in header.ds:
             raise CorruptFileError(f"{path}: corrupt DICOM file (truncated: no SOP/series instance UID)")
         headers.append(header)
