@@ -22,7 +22,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 P001 = REPO.parent / "shared" / "data" / "ct_volumes" / "covidctmd_P001_covid19" / "dicom"
-STAGES = ("load", "lungs", "lesions", "identification", "severity", "report")
 
 
 def make_300_slice_series(target: Path, slices: int = 300) -> Path:
@@ -125,6 +124,8 @@ def main() -> None:
                 )
                 runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
             rows.append((name, min(runs, key=lambda r: r["total_s"])))
+    from ctriage.cli import STAGES
+
     header = "| case | " + " | ".join(STAGES) + " | total s | process CPU s | peak RSS MiB | decoding worker MiB |"
     print(f"{args.cores} cores ({cpus}), best of {args.repeats}, load average before: {os.getloadavg()[0]:.1f}\n")
     print(header)

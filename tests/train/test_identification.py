@@ -33,11 +33,11 @@ def test_onnx_export_matches_numpy(tmp_path: Path) -> None:
     pytest.importorskip("onnx")
     import onnxruntime as ort
 
-    from ctriage.train.identification import Logistic, export_onnx
+    from ctriage.train.identification import Logistic, export_logistic
 
     model = Logistic(weights=np.array([1.5, -0.5, 2.0]), bias=-0.25)
     path = tmp_path / "identification.onnx"
-    export_onnx(model, path)
+    export_logistic(model, path)
     inputs = np.array([[0.1, 0.2, 0.3], [-1.0, 0.0, 1.0]], np.float32)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     probability = session.run(["probability"], {"features": inputs})[0]

@@ -10,7 +10,7 @@ pytest.importorskip("monai")
 
 from ctriage.models.registry import ModelHandle  # noqa: E402
 from ctriage.train.data import lung_bounding_box, validation_names  # noqa: E402
-from ctriage.train.export import export_onnx  # noqa: E402
+from ctriage.train.export import export_onnx, image_example  # noqa: E402
 from ctriage.train.loop import augment, binary_loss, lesion_logit  # noqa: E402
 from ctriage.train.nets import NET_NAMES, build_net  # noqa: E402
 
@@ -29,7 +29,7 @@ def test_onnx_and_torch_agree(tmp_path):
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.5, 0.5)
                 module.running_var.uniform_(0.5, 2.0)
-    onnx_path = export_onnx(net, tmp_path / "lesions.onnx", input_size=64)
+    onnx_path = export_onnx(net, tmp_path / "lesions.onnx", image_example(64))
     handle = ModelHandle.from_files(onnx_path, {"name": "lesions", "version": "t", "input": {"size_px": 64}})
     batch = np.random.default_rng(0).random((3, 1, 64, 64), dtype=np.float32)  # dynamic batch size
     with torch.no_grad():

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from ctriage.evaluate.slices import MIN_LESION_AREA_MM2
+
 app = typer.Typer(help="Evaluate models against reference labels (Dice, ROC AUC, Spearman ...).", no_args_is_help=True)
 
 
@@ -106,7 +108,9 @@ def slices_command(
     study: Annotated[Path, typer.Option(help="DICOM series folder of one study.")],
     labels: Annotated[Path, typer.Option(help="CSV with a 'file' column and a per-slice label column.")],
     column: Annotated[str, typer.Option(help="Label column: 1 = slice shows infection.")] = "infection",
-    min_area_mm2: Annotated[float, typer.Option(help="Lesion area that makes a slice positive, mm^2.")] = 25.0,
+    min_area_mm2: Annotated[
+        float, typer.Option(help="Lesion area that makes a slice positive, mm^2.")
+    ] = MIN_LESION_AREA_MM2,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the numbers as JSON here.")] = None,
 ) -> None:
     """Slice-level sensitivity / specificity of the whole pipeline's lesions against per-slice labels."""

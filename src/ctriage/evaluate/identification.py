@@ -21,16 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 from skimage.morphology import convex_hull_image
 
 from ctriage.evaluate.metrics import bootstrap_ci, roc_auc, roc_curve, sensitivity_specificity
+from ctriage.evaluate.segmentation import IMAGE_SUFFIXES, load_gray
 from ctriage.identify import IdentificationModel, identify
 from ctriage.preprocess import LESION_INPUT_WINDOW_HU
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MIN_LUNG_AREA_FRACTION = 0.01  # a dark component smaller than 1 % of the image is not a lung
 NOMINAL_FOV_MM = 350.0  # a chest CT's usual display field of view, for slices without spacing
 CLOSING_FRACTION = 0.02  # closing radius as a fraction of the image's long side (takes in vessels, lesions)
@@ -120,12 +119,6 @@ def sars_cov2_ct(root: Path) -> list[LabelledSlice]:
         for path in _images(folders[name]):
             out.append(LabelledSlice(path, label, f"sarscov2_{name}_{path.stem}", "sars_cov2_ct"))
     return out
-
-
-def load_gray(path: Path) -> np.ndarray:
-    """8-bit greyscale (H, W) uint8 of an image file (RGB/RGBA converted to luminance)."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("L"), np.uint8)
 
 
 def pseudo_hu(gray: np.ndarray) -> np.ndarray:

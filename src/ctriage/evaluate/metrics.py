@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from scipy import stats
 
 
 def dice(reference: np.ndarray, prediction: np.ndarray) -> float:
@@ -39,7 +38,9 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     n_neg = labels.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    ranks = stats.rankdata(scores)  # average ranks: a tie counts one half
+    from scipy.stats import rankdata  # scipy.stats takes about a second to import: only when ranking
+
+    ranks = rankdata(scores)  # average ranks: a tie counts one half
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
@@ -95,8 +96,10 @@ def bootstrap_ci(
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman's rank correlation rho (Pearson correlation of average ranks); NaN if either is constant."""
-    rank_x = stats.rankdata(np.asarray(x, float).ravel())
-    rank_y = stats.rankdata(np.asarray(y, float).ravel())
+    from scipy.stats import rankdata
+
+    rank_x = rankdata(np.asarray(x, float).ravel())
+    rank_y = rankdata(np.asarray(y, float).ravel())
     if rank_x.std() == 0 or rank_y.std() == 0:
         return float("nan")
     return float(np.corrcoef(rank_x, rank_y)[0, 1])

@@ -18,7 +18,7 @@ from ctriage.evaluate.metrics import dice, sensitivity_specificity
 from ctriage.lesions import predict_labels
 from ctriage.models.registry import ModelHandle
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 METRICS = ("dice_lesion", "dice_ggo", "dice_consolidation", "sensitivity", "specificity")
 
 
@@ -35,9 +35,10 @@ def paired_files(images_dir: Path, masks_dir: Path) -> list[tuple[Path, Path]]:
     return [(p, masks[p.stem]) for p in images if p.stem in masks]
 
 
-def read_gray(path: Path) -> np.ndarray:
-    """An image file as uint8 (h, w) grey levels."""
-    return np.asarray(Image.open(path).convert("L"), dtype=np.uint8)
+def load_gray(path: Path) -> np.ndarray:
+    """8-bit greyscale (H, W) uint8 of an image file (RGB/RGBA converted to luminance)."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L"), np.uint8)
 
 
 def read_reference(path: Path) -> tuple[np.ndarray, bool]:
@@ -105,7 +106,7 @@ def evaluate_folder(
     pairs = [(i, m) for i, m in paired_files(images_dir, masks_dir) if names is None or i.stem in names]
     if not pairs:
         raise FileNotFoundError(f"no image/mask pairs in {images_dir} and {masks_dir}")
-    planes = [read_gray(i).astype(np.float32) / 255.0 for i, _ in pairs]
+    planes = [load_gray(i).astype(np.float32) / 255.0 for i, _ in pairs]
     rows, maps = [], []
     for (image_path, mask_path), (predicted, _) in zip(pairs, predict_labels(model, planes, batch_size), strict=True):
         reference, multiclass = read_reference(mask_path)

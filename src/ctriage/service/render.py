@@ -6,10 +6,11 @@ import io
 
 import numpy as np
 
+from ctriage.preprocess import WINDOW_LUNG_HU
 from ctriage.report.images import render_slice
 
 WINDOWS_HU = {  # preset name: (low, high) HU
-    "lung": (-1350.0, 150.0),  # level -600, width 1500
+    "lung": WINDOW_LUNG_HU,  # level -600, width 1500
     "mediastinum": (-160.0, 240.0),  # level 40, width 400
     "bone": (-500.0, 1300.0),  # level 400, width 1800
 }

@@ -63,9 +63,9 @@ def lesions(
         return
     from ctriage.evaluate.segmentation import evaluate_folder
     from ctriage.models.registry import ModelHandle
-    from ctriage.train.export import export_onnx, write_card
+    from ctriage.train.export import export_onnx, image_example, write_card
 
-    onnx_path = export_onnx(model, export_dir / "weights" / "lesions.onnx", input_size)
+    onnx_path = export_onnx(model, export_dir / "weights" / "lesions.onnx", image_example(input_size))
     command = (f"ctriage train lesions --net {net} --features {features} --space-to-depth {space_to_depth} "
                f"--input-size {input_size} "
                f"--pretrain-steps {pretrain_steps} --finetune-steps {finetune_steps} --batch-size {batch_size} "
@@ -107,7 +107,7 @@ def lesions(
 
 @app.command("identification")
 def identification_command(
-    data_root: Annotated[Path, typer.Option(help="Folder holding identification_slices/.")] = Path("../shared/data"),
+    data_root: Annotated[Path, typer.Option(help="Folder holding identification_slices/.")] = DEFAULT_DATA_ROOT,
     table_cache: Annotated[Path | None, typer.Option(help="Cache of the per-slice lesion features.")] = Path(
         ".train_data/identification_features.jsonl"
     ),

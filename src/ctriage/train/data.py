@@ -19,7 +19,8 @@ from PIL import Image
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from ctriage.evaluate.segmentation import numeric_key, paired_files, read_gray
+from ctriage.evaluate.segmentation import load_gray, numeric_key, paired_files, read_reference
+from ctriage.lesions import resize_labels
 
 MEDSEG_MULTICLASS = Path("medseg_infnet_2d/TrainingSet/MultiClassInfection-Train")
 MEDSEG_PSEUDO = Path("medseg_infnet_2d/TrainingSet/LungInfection-Train/Pseudo-label")
@@ -41,11 +42,6 @@ class SliceSet:
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     """Bilinear resize of a uint8 (h, w) image to (size, size)."""
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR), dtype=np.uint8)
-
-
-def resize_labels(labels: np.ndarray, size: int) -> np.ndarray:
-    """Nearest-neighbour resize of a uint8 (h, w) label map to (size, size)."""
-    return np.asarray(Image.fromarray(labels).resize((size, size), Image.NEAREST), dtype=np.uint8)
 
 
 def lung_bounding_box(image: np.ndarray, margin_fraction: float = 0.04) -> tuple[slice, slice]:
@@ -76,16 +72,16 @@ def lung_bounding_box(image: np.ndarray, margin_fraction: float = 0.04) -> tuple
 def load_medseg_multiclass(data_root: Path, size: int) -> SliceSet:
     """The 50 radiologist slices with palette GT (0 bg, 1 GGO, 2 consolidation)."""
     pairs = paired_files(data_root / MEDSEG_MULTICLASS / "Imgs", data_root / MEDSEG_MULTICLASS / "GT")
-    images = [resize_image(read_gray(i), size) for i, _ in pairs]
-    labels = [resize_labels(np.asarray(Image.open(m), dtype=np.uint8), size) for _, m in pairs]
+    images = [resize_image(load_gray(i), size) for i, _ in pairs]
+    labels = [resize_labels(read_reference(m)[0], (size, size)) for _, m in pairs]
     return SliceSet(np.stack(images), np.stack(labels), [i.stem for i, _ in pairs])
 
 
 def load_pseudo_label(data_root: Path, size: int) -> SliceSet:
     """The 1600 pseudo-labelled slices; masks binarised at > 127."""
     pairs = paired_files(data_root / MEDSEG_PSEUDO / "Imgs", data_root / MEDSEG_PSEUDO / "GT")
-    images = [resize_image(read_gray(i), size) for i, _ in pairs]
-    labels = [resize_labels((read_gray(m) > 127).astype(np.uint8), size) for _, m in pairs]
+    images = [resize_image(load_gray(i), size) for i, _ in pairs]
+    labels = [resize_labels((load_gray(m) > 127).astype(np.uint8), (size, size)) for _, m in pairs]
     return SliceSet(np.stack(images), np.stack(labels), [i.stem for i, _ in pairs])
 
 
@@ -94,11 +90,11 @@ def load_acl(data_root: Path, size: int) -> SliceSet:
     pairs = paired_files(data_root / ACL_GGO / "ACL_Image", data_root / ACL_GGO / "ACL_GroundTrue")
     images, labels = [], []
     for image_path, mask_path in pairs:
-        image = read_gray(image_path)
+        image = load_gray(image_path)
         mask = (np.asarray(Image.open(mask_path).convert("RGB"))[..., 0] > 127).astype(np.uint8)
         box = lung_bounding_box(image)
         images.append(resize_image(image[box], size))
-        labels.append(resize_labels(mask[box], size))
+        labels.append(resize_labels(mask[box], (size, size)))
     return SliceSet(np.stack(images), np.stack(labels), [f"acl_{i.stem}" for i, _ in pairs])
 
 

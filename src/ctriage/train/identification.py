@@ -223,18 +223,18 @@ def mean_loso_auc(validation: dict[str, object]) -> float:
     return float(np.mean([fold["auc"] for fold in validation["leave_one_source_out"].values()]))
 
 
-def export_onnx(model: Logistic, path: Path) -> None:
+def export_logistic(model: Logistic, path: Path) -> Path:
     """Write ``model`` as ONNX: nn.Linear(F, 1) + Sigmoid, input "features" (N, F), output "probability" (N, 1)."""
     import torch
+
+    from ctriage.train.export import export_onnx
 
     linear = torch.nn.Linear(len(model.weights), 1)
     with torch.no_grad():
         linear.weight.copy_(torch.as_tensor(model.weights, dtype=torch.float32)[None])
         linear.bias.fill_(model.bias)
-    net = torch.nn.Sequential(linear, torch.nn.Sigmoid()).eval()
-    example = torch.zeros(1, len(model.weights))
-    torch.onnx.export(net, (example,), str(path), input_names=["features"], output_names=["probability"],
-                      dynamic_axes={"features": {0: "batch"}, "probability": {0: "batch"}}, dynamo=False)
+    net = torch.nn.Sequential(linear, torch.nn.Sigmoid())
+    return export_onnx(net, path, torch.zeros(1, len(model.weights)), "features", "probability")
 
 
 def train(
@@ -262,7 +262,7 @@ def train(
     log(f"leave-one-source-out mean AUC: all features {mean_loso_auc(full):.3f}, lesion ratio only "
         f"{mean_loso_auc(baseline):.3f}; exporting {inputs}")
     model = fit_logistic(table.matrix(inputs), table.labels)
-    export_onnx(model, out_onnx)
+    export_logistic(model, out_onnx)
     card = {
         "name": "identification",
         "version": f"identification-{datetime.now(UTC):%Y%m%d}-on-{lesion_model_version}",
@@ -291,5 +291,7 @@ def train(
         "limitations": "separates lesion from no lesion; COVID-19 vs other lung disease (UCSD non-COVID paper "
                        "figures) is near chance; trained on 2D figure crops and 224 px LUNA16 slices, not studies",
     }
-    Path(out_card).write_text(json.dumps(card, indent=2) + "\n")
+    from ctriage.train.export import write_card
+
+    write_card(card, Path(out_card))
     return card

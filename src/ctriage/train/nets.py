@@ -27,10 +27,8 @@ NET_NAMES = ("unet", "unetpp", "multitask")
 class SpaceToDepthSegmenter(nn.Module):
     """Wraps a 2D segmentation body so that it runs at 1/``factor`` resolution without discarding input pixels."""
 
-    def __init__(self, body: nn.Module, in_channels: int = 1, factor: int = DEFAULT_SPACE_TO_DEPTH):
+    def __init__(self, body: nn.Module, factor: int = DEFAULT_SPACE_TO_DEPTH):
         super().__init__()
-        self.in_channels = in_channels
-        self.factor = factor
         self.down = nn.PixelUnshuffle(factor)
         self.body = body
         self.up = nn.PixelShuffle(factor)
@@ -85,4 +83,4 @@ def build_net(
         body = MultitaskUNet(body_in, body_out, features)
     else:
         raise ValueError(f"unknown lesion network {name!r}; choose one of {', '.join(NET_NAMES)}")
-    return SpaceToDepthSegmenter(body, in_channels, space_to_depth)
+    return SpaceToDepthSegmenter(body, space_to_depth)
