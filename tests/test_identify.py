@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from ctriage.identify import (
     lesion_features,
     model_inputs,
 )
-from ctriage.models.registry import ModelNotFoundError, load_model
+from ctriage.models.registry import PACKAGE_MODEL_DIR, ModelNotFoundError, load_model
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 MEDSEG = DATA / "medseg_infnet_2d" / "TrainingSet" / "MultiClassInfection-Train"
@@ -103,12 +104,15 @@ def test_identify_on_real_slices_with_reference_lesion_masks(model: Identificati
     luna_path = sorted(LUNA.iterdir())[0]
     left, right = lung_mask_2d(load_gray(luna_path))
     clean = identify(np.zeros(left.shape, np.uint8), left, right, (1.0, 1.0), model=model)
+    card = json.loads((PACKAGE_MODEL_DIR / "cards" / "identification.json").read_text())
     for result in [*covid, clean]:
         assert isinstance(result, Identification)
         assert 0.0 <= result.probability <= 1.0
         assert result.positive == (result.probability >= result.threshold)
-        assert result.model_version == model.version
+        assert result.model_version == card["version"]  # the shipped card, read independently of the model
+        assert result.threshold == pytest.approx(card["operating_point"]["threshold"])
     assert min(r.probability for r in covid) > clean.probability
+    assert all(r.positive for r in covid)  # measured 0.91 / 0.88 / 0.85 against the 0.34 operating point
     assert not clean.positive
 
 
@@ -133,3 +137,4 @@ def test_identify_on_a_real_slice_with_the_lesion_model(model: IdentificationMod
     result = identify(lesion, left, right, (1.0, 1.0), model=model)
     assert 0.0 <= result.probability <= 1.0
     assert result.features["lesion_ratio"] > 0.0
+    assert result.positive  # a radiologist-labelled COVID-19 slice, segmented by the shipped lesion model

@@ -9,10 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ctriage.evaluate.metrics import dice
 from ctriage.evaluate.slices import read_slice_labels, slice_agreement
 from ctriage.lesions import segment_lesions
 from ctriage.lungs import dense_lung_region, segment_lungs
-from ctriage.pipeline import analyze_path, analyze_volume
+from ctriage.pipeline import analyze_path, analyze_volume, lesions_in_lungs
 from tests.conftest import A0001_DICOM, P001_DICOM, P001_LABELS, REPO, require
 
 P001_MIN_SENSITIVITY = 0.85
@@ -80,14 +81,42 @@ def test_bundled_sample_runs_end_to_end():
     result = analyze_path(REPO / "src" / "ctriage" / "testing" / "data" / "sample_ct.nii.gz")
     assert result.severity.lung_ml > 2000
     assert result.identification is not None
+    # a reduced copy of P001 (RT-PCR positive, see SOURCE.md): it must read as COVID-19 with lesions
+    assert result.identification.positive and result.severity.ct_category >= 1
 
 
 def test_phantom_through_model(phantom):
-    """The model runs on a synthetic volume: masks stay inside the lungs, severity is finite."""
+    """The model runs on a synthetic volume: masks stay inside the lungs, severity is finite, and the result
+    agrees with the phantom's truth (lungs, CT category, GGO volume)."""
     result = analyze_volume(phantom.volume)
     assert result.lesion_mask.shape == phantom.volume.shape
     assert not (result.lesion_mask[~(result.lung_left | result.lung_right)] > 0).any()
     assert 0.0 <= result.severity.max_ratio <= 1.0
+    voxel_ml = phantom.volume.voxel_volume_ml
+    truth_lung_ml = (phantom.lung_left.sum() + phantom.lung_right.sum()) * voxel_ml
+    truth_ggo_ml = (phantom.lesion_labels == 1).sum() * voxel_ml
+    assert dice(result.lung_left, phantom.lung_left) > 0.95 and dice(result.lung_right, phantom.lung_right) > 0.95
+    assert result.severity.lung_ml == pytest.approx(truth_lung_ml, rel=0.05)
+    assert result.severity.ct_category == 1  # a few small blobs: under 25 % of either lung
+    assert 0.5 * truth_ggo_ml < result.severity.ggo_ml < 1.5 * truth_ggo_ml  # measured 9.5 of 11.7 mL
+
+
+def test_lesions_in_lungs_keeps_dense_lung_and_drops_the_rest(phantom):
+    """Lesion beside the aerated lung (the chest-wall consolidation) joins the lung and is kept; lesion in the
+    mediastinum, between the lungs and nearer the body centre than any lung, is dropped."""
+    volume = phantom.volume
+    nz, ny, nx = volume.shape
+    aerated = segment_lungs(volume.hu, volume.spacing_mm)
+    labels = phantom.lesion_labels.copy()
+    mediastinum = np.zeros(volume.shape, bool)
+    mediastinum[nz // 2 - 3 : nz // 2 + 3, int(ny * 0.47) - 5 : int(ny * 0.47) + 5, nx // 2 - 5 : nx // 2 + 5] = True
+    assert not (mediastinum & aerated.combined).any()
+    labels[mediastinum] = 2
+    beside = (phantom.lesion_labels > 0) & ~aerated.combined
+    assert beside.sum() > 1000  # the threshold lung mask leaves the dense consolidation out
+    lungs, kept = lesions_in_lungs(aerated, labels, volume.hu, volume.spacing_mm, denoise=False)
+    assert (kept[beside] > 0).mean() > 0.95 and lungs.left[beside].mean() > 0.95
+    assert not kept[mediastinum].any() and not lungs.combined[mediastinum].any()
 
 
 def test_thin_slices_are_analysed_on_a_2_mm_grid(phantom):

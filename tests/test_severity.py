@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -50,3 +52,5 @@ def test_phantom_known_volumes(phantom):
     assert severity.ggo_ml == pytest.approx((phantom.lesion_labels == 1).sum() * voxel_ml)
     assert severity.consolidation_ml == pytest.approx((phantom.lesion_labels == 2).sum() * voxel_ml)
     assert severity.lung_ml == pytest.approx((phantom.lung_left.sum() + phantom.lung_right.sum()) * voxel_ml)
+    # independently of voxel counting: each phantom lung is an ellipsoid with semi-axes 63 x 64.8 x 48 mm
+    assert severity.lung_ml == pytest.approx(2 * 4 / 3 * math.pi * 63.0 * 64.8 * 48.0 / 1000.0, rel=1e-2)

@@ -36,11 +36,19 @@ def test_decode_series_keeps_file_order(tmp_path):
 
 def test_damaged_slice_in_a_worker_is_named(tmp_path):
     paths = write_series(tmp_path / "s", Z_40)
-    ds = pydicom.dcmread(paths[1])  # the first chunk: decoded by a worker process
+    ds = pydicom.dcmread(paths[1])  # the first chunk, which the worker usually takes
     ds.PixelData = ds.PixelData[:100]
     ds.save_as(paths[1])
+    sources = [slice_source(read_header(p)) for p in paths]
     with pytest.raises(CorruptFileError, match=paths[1].name):
-        list(decode_series([slice_source(read_header(p)) for p in paths], "", workers=2))
+        list(decode_series(sources, "", workers=2))
+    # whoever decoded it there, the error must also cross the process boundary intact, naming the file
+    from ctriage.io.decode import _decode_chunk, _worker_pool
+
+    future = _worker_pool(1).submit(_decode_chunk, sources[:CHUNK_SLICES], "")
+    with pytest.raises(CorruptFileError, match=paths[1].name) as raised:
+        future.result()
+    assert type(raised.value.__cause__).__name__ == "_RemoteTraceback"  # it came from the worker process
 
 
 def test_to_hu_integer_and_float_rescale():
