@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -48,6 +49,20 @@ def test_upload_analyse_view_and_review(client: TestClient, service: Service, ct
     assert with_overlay.status_code == 200 and with_overlay.content.startswith(PNG_MAGIC)
     soft_tissue = client.get(f"/api/studies/{study_id}/slices/10.png?window=mediastinum&overlay=false")
     assert soft_tissue.content != with_overlay.content
+    # this example CT holds no lung, so its stored lesion map is empty: mark a block in the stored map itself
+    # (in place: the viewer reads it memory-mapped) to see that the overlay switch shows stored lesions
+    with service.sessions() as session:
+        lesion = np.load(Path(session.get(Study, study_id).result_dir) / "lesion.npy", mmap_mode="r+")
+    k = 10
+    lesion[k, 200:300, 200:300] = 1
+    lesion.flush()
+
+    def picture(window: str, overlay: bool) -> bytes:
+        params = {"window": window, "overlay": str(overlay).lower()}
+        return client.get(f"/api/studies/{study_id}/slices/{k}.png", params=params).content
+
+    assert picture("lung", True) != picture("lung", False)  # the overlay alone changes the picture
+    assert picture("lung", True) != picture("mediastinum", True)  # and the window alone does
     assert client.get(f"/api/studies/{study_id}/slices/20.png").status_code == 404
     assert client.get(f"/api/studies/{study_id}/slices/0.png?window=nope").status_code == 422
     assert client.get(f"/api/studies/{study_id}/files/projection.png").content.startswith(PNG_MAGIC)

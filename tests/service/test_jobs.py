@@ -33,6 +33,10 @@ def test_received_study_is_analysed_with_all_outputs(config, ct_series: Path, an
     assert study.status == DONE, study.error
     assert study.report["study"]["patient_id"] == "CTRIAGE-TEST"
     assert study.ct_category == study.report["severity"]["ct_category"]
+    direct = analyze(ct_series)  # the same analysis outside the service: the job must store its figures
+    assert study.ct_category == direct.severity.ct_category
+    assert study.max_ratio == pytest.approx(direct.severity.max_ratio)
+    assert study.probability == pytest.approx(direct.identification.probability)
     result_dir = Path(study.result_dir)
     for name in ("report.json", "projection.png", "lungs.nii.gz", "lesions.nii.gz", "hu.npy", "lesion.npy"):
         assert (result_dir / name).is_file(), name
