@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,9 +41,15 @@ class StudyResult:
     warnings: list[str] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
 
+    @cached_property
     def lung_labels(self) -> np.ndarray:
-        """uint8 (z, y, x): 0 background, 1 right lung, 2 left lung."""
+        """uint8 (z, y, x): 0 background, 1 right lung, 2 left lung (computed once: report and viewer use it)."""
         return LungMasks(self.lung_left, self.lung_right, self.volume.spacing_mm).labels()
+
+    @cached_property
+    def lung(self) -> np.ndarray:
+        """Both lungs, bool (z, y, x)."""
+        return self.lung_labels > 0
 
     def to_dict(self) -> dict[str, Any]:
         volume = self.volume

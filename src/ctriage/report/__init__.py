@@ -22,7 +22,7 @@ def write_outputs(result: StudyResult, outdir: Path) -> dict[str, Path]:
     volume = result.volume
     with ThreadPoolExecutor(max_workers=2) as pool:  # gzip releases the GIL: masks compress beside the images
         masks = {
-            "lungs": pool.submit(save_nifti, result.lung_labels(), volume.affine, outdir / "lungs.nii.gz"),
+            "lungs": pool.submit(save_nifti, result.lung_labels, volume.affine, outdir / "lungs.nii.gz"),
             "lesions": pool.submit(save_nifti, result.lesion_mask, volume.affine, outdir / "lesions.nii.gz"),
         }
         paths = _write_images(result, outdir)
@@ -43,7 +43,7 @@ def _write_images(result: StudyResult, outdir: Path) -> dict[str, Path]:
     """Overlay PNGs of the most affected slices and the severity projection; returns their paths by name."""
     volume = result.volume
     paths: dict[str, Path] = {}
-    lung = result.lung_left | result.lung_right
+    lung = result.lung
     for k in most_affected_slices(result.lesion_mask):
         image = render_slice(volume.hu[k], result.lesion_mask[k], lung2d=lung[k])
         path = outdir / f"overlay_{k:04d}.png"

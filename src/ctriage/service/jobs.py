@@ -39,7 +39,7 @@ def save_viewer_arrays(result: Any, outdir: Path) -> None:
     """Save the HU volume, lesion labels and lung labels (1 right, 2 left) for slice rendering."""
     np.save(outdir / "hu.npy", np.ascontiguousarray(result.volume.hu, dtype=np.int16))
     np.save(outdir / "lesion.npy", np.ascontiguousarray(result.lesion_mask, dtype=np.uint8))
-    np.save(outdir / "lungs.npy", result.lung_labels())
+    np.save(outdir / "lungs.npy", result.lung_labels)
 
 
 class Worker:
