@@ -25,7 +25,7 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 from skimage.morphology import convex_hull_image
 
-from ctriage.evaluate.metrics import bootstrap_ci, roc_auc, roc_curve, sensitivity_specificity
+from ctriage.evaluate.metrics import roc_auc, roc_curve, roc_summary, sensitivity_specificity
 from ctriage.evaluate.segmentation import IMAGE_SUFFIXES, load_gray
 from ctriage.identify import IdentificationModel, identify
 from ctriage.preprocess import LESION_INPUT_WINDOW_HU
@@ -243,13 +243,9 @@ def summarize(scores: SliceScores, n_resamples: int = 2000) -> dict[str, object]
     """ROC AUC with a patient-level 95 % bootstrap interval, sensitivity/specificity at the model threshold,
     for all slices and per source; a source holding one class is scored against all slices of the other."""
 
-    def rates(rows: np.ndarray) -> dict[str, float]:
-        labels, probabilities = scores.labels[rows], scores.probabilities[rows]
-        low, high = bootstrap_ci(roc_auc, labels, probabilities, n_resamples=n_resamples,
-                                 groups=scores.patients[rows])
-        sensitivity, specificity = sensitivity_specificity(labels == 1, probabilities >= scores.threshold)
-        return {"auc": roc_auc(labels, probabilities), "auc_ci95": [low, high], "sensitivity": sensitivity,
-                "specificity": specificity, "n_positive": int(labels.sum()), "n_negative": int((labels == 0).sum())}
+    def rates(rows: np.ndarray) -> dict[str, object]:
+        return roc_summary(scores.labels[rows], scores.probabilities[rows], scores.threshold, scores.patients[rows],
+                           n_resamples)
 
     every = np.ones(scores.labels.size, bool)
     per_source = {}

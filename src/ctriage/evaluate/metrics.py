@@ -123,3 +123,15 @@ def operating_point(labels: np.ndarray, scores: np.ndarray, min_sensitivity: flo
     allowed = np.flatnonzero(tpr >= min_sensitivity)
     best = allowed[np.argmin(fpr[allowed])]  # fpr never decreases: argmin is the highest such threshold
     return float(thresholds[best])
+
+
+def roc_summary(
+    labels: np.ndarray, scores: np.ndarray, threshold: float, groups: np.ndarray, n_resamples: int = 2000
+) -> dict[str, object]:
+    """ROC AUC with a 95 % bootstrap interval over ``groups`` (patients), sensitivity and specificity at
+    ``threshold`` (positive: score >= threshold), and the class counts."""
+    labels = np.asarray(labels)
+    sensitivity, specificity = sensitivity_specificity(labels == 1, np.asarray(scores) >= threshold)
+    low, high = bootstrap_ci(roc_auc, labels, scores, n_resamples=n_resamples, groups=groups)
+    return {"auc": roc_auc(labels, scores), "auc_ci95": [low, high], "sensitivity": sensitivity,
+            "specificity": specificity, "n_positive": int(labels.sum()), "n_negative": int((labels == 0).sum())}

@@ -21,7 +21,7 @@ import numpy as np
 from scipy import optimize
 
 from ctriage.evaluate.identification import LabelledSlice, SliceSegmenter, slice_masks
-from ctriage.evaluate.metrics import bootstrap_ci, operating_point, roc_auc, sensitivity_specificity
+from ctriage.evaluate.metrics import operating_point, roc_summary
 from ctriage.identify import lesion_features, model_inputs
 
 INPUT_NAMES = [
@@ -154,23 +154,19 @@ def out_of_fold(table: FeatureTable, input_names: list[str], train_mask: np.ndar
     return scores
 
 
-def _rates(labels: np.ndarray, scores: np.ndarray, threshold: float, patients: np.ndarray) -> dict[str, object]:
-    """AUC (95 % bootstrap CI over ``patients``), sensitivity, specificity at ``threshold``, and counts."""
-    sens, spec = sensitivity_specificity(labels == 1, scores >= threshold)
-    low, high = bootstrap_ci(roc_auc, labels, scores, n_resamples=BOOTSTRAP_RESAMPLES, groups=patients)
-    return {"auc": roc_auc(labels, scores), "auc_ci95": [low, high], "sensitivity": sens, "specificity": spec,
-            "n_positive": int(labels.sum()), "n_negative": int((labels == 0).sum())}
-
-
 def per_origin_report(table: FeatureTable, scores: np.ndarray, threshold: float) -> dict[str, dict[str, object]]:
     """Each negative origin against all COVID slices, plus all slices and the UCSD-only (paper crops) subset."""
     covid = table.labels == 1
-    report = {"all": _rates(table.labels, scores, threshold, table.patients)}
+    report = {"all": roc_summary(table.labels, scores, threshold, table.patients, n_resamples=BOOTSTRAP_RESAMPLES)}
     for name in sorted(set(table.origins[~covid])):
         rows = covid | (table.origins == name)
-        report[f"covid_vs_{name}"] = _rates(table.labels[rows], scores[rows], threshold, table.patients[rows])
+        report[f"covid_vs_{name}"] = roc_summary(
+            table.labels[rows], scores[rows], threshold, table.patients[rows], n_resamples=BOOTSTRAP_RESAMPLES
+        )
     ucsd = np.isin(table.origins, ["ucsd_covid_ct", "ucsd_noncovid_crawled", "ucsd_noncovid_medpix"])
-    report["ucsd_only"] = _rates(table.labels[ucsd], scores[ucsd], threshold, table.patients[ucsd])
+    report["ucsd_only"] = roc_summary(
+        table.labels[ucsd], scores[ucsd], threshold, table.patients[ucsd], n_resamples=BOOTSTRAP_RESAMPLES
+    )
     return report
 
 
@@ -186,7 +182,9 @@ def leave_one_origin_out(table: FeatureTable, input_names: list[str]) -> dict[st
         scores = out_of_fold(table, input_names, train_mask=~held)
         threshold = operating_point(table.labels[~held], scores[~held], MIN_SENSITIVITY)
         rows = covid | held
-        rates = _rates(table.labels[rows], scores[rows], threshold, table.patients[rows])
+        rates = roc_summary(
+            table.labels[rows], scores[rows], threshold, table.patients[rows], n_resamples=BOOTSTRAP_RESAMPLES
+        )
         report[name] = {**rates, "threshold": threshold}
     return report
 
@@ -201,7 +199,8 @@ def official_split(table: FeatureTable, input_names: list[str]) -> dict[str, obj
     model = fit_logistic(inputs[~test], table.labels[~test])
     train_scores = out_of_fold(table, input_names, train_mask=~test)
     threshold = operating_point(table.labels[~test], train_scores[~test], MIN_SENSITIVITY)
-    rates = _rates(table.labels[test], model.predict(inputs[test]), threshold, table.patients[test])
+    scores = model.predict(inputs[test])
+    rates = roc_summary(table.labels[test], scores, threshold, table.patients[test], n_resamples=BOOTSTRAP_RESAMPLES)
     return {**rates, "threshold": threshold}
 
 
