@@ -19,7 +19,7 @@ import torch.nn.functional as F  # noqa: N812
 from monai.losses import DiceCELoss
 from torch import nn
 
-from ctriage.evaluate.metrics import dice
+from ctriage.evaluate.segmentation import score_image
 from ctriage.train.data import SliceSet
 from ctriage.train.nets import MultitaskUNet, SpaceToDepthSegmenter
 
@@ -142,12 +142,9 @@ def recalibrate_batch_norm(net: nn.Module, images: np.ndarray, batch_size: int =
 def validation_dice(net: nn.Module, val: SliceSet) -> dict[str, float]:
     """Mean per-slice Dice on the model grid: binary lesion, GGO and consolidation."""
     classes = predict(net, val.images).argmax(1)
-    scores = {"dice_lesion": [], "dice_ggo": [], "dice_consolidation": []}
-    for pred, ref in zip(classes, val.labels, strict=True):
-        scores["dice_lesion"].append(dice(ref > 0, pred > 0))
-        scores["dice_ggo"].append(dice(ref == 1, pred == 1))
-        scores["dice_consolidation"].append(dice(ref == 2, pred == 2))
-    return {k: float(np.mean(v)) for k, v in scores.items()}
+    per_slice = [score_image(ref, True, pred) for pred, ref in zip(classes, val.labels, strict=True)]
+    keys = ("dice_lesion", "dice_ggo", "dice_consolidation")
+    return {key: float(np.mean([scores[key] for scores in per_slice])) for key in keys}
 
 
 def run_stage(
