@@ -45,6 +45,13 @@ def test_augment_keeps_labels_and_range():
     assert out_images.shape == images.shape and out_labels.shape == labels.shape
     assert float(out_images.min()) >= 0 and float(out_images.max()) <= 1
     assert set(out_labels.unique().tolist()) <= {0, 1, 2}
+    # geometry moves image and labels together: a bright square and its label stay on top of each other
+    square = torch.zeros(4, 1, 32, 32)
+    square[:, :, 10:22, 8:20] = 1.0
+    moved_images, moved_labels = augment(square, square[:, 0].long(), generator)
+    assert not torch.equal(moved_labels, square[:, 0].long())  # something moved
+    for image, label in zip(moved_images[:, 0] > 0.5, moved_labels > 0, strict=True):
+        assert (image & label).sum() / (image | label).sum() > 0.6
 
 
 def test_lesion_logit_is_probability_of_ggo_plus_consolidation():
@@ -52,6 +59,12 @@ def test_lesion_logit_is_probability_of_ggo_plus_consolidation():
     probabilities = torch.softmax(logits, 1)
     torch.testing.assert_close(torch.sigmoid(lesion_logit(logits)), probabilities[:, 1] + probabilities[:, 2])
     assert float(binary_loss(logits, torch.zeros(2, 4, 4, dtype=torch.long))) > 0
+    target = torch.zeros(2, 4, 4, dtype=torch.long)
+    target[:, 1:3, 1:3] = 1
+    sure = torch.full((2, 3, 4, 4), -8.0)
+    sure[:, 0] = 8.0  # background everywhere ...
+    sure[:, 1][target.bool()], sure[:, 0][target.bool()] = 8.0, -8.0  # ... GGO on the lesion
+    assert float(binary_loss(sure, target)) < 0.05 < float(binary_loss(sure, 1 - target))
 
 
 def test_validation_split_is_fixed():
