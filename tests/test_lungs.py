@@ -40,3 +40,19 @@ def test_peripheral_consolidation_is_lung(phantom):
     # the thin tips of the blob on its first and last slices fall under the 5 mm thickness rule
     assert (lesion & lungs.combined).sum() >= 0.97 * lesion.sum()
     assert dice(phantom.lung_left, lungs.left) > 0.98
+
+
+def test_dense_lung_enclosed_by_lung_and_lesion_is_lung(phantom):
+    """Where the lesion mask misses a spot inside the peripheral consolidation (a model's speckle), the spot is
+    enclosed by lung and lesion on its slice and joins the lung with them."""
+    volume = phantom.volume
+    aerated = segment_lungs(volume.hu, volume.spacing_mm)
+    outside = (phantom.lesion_labels > 0) & ~aerated.combined
+    k = int(np.argmax(outside.sum(axis=(1, 2))))
+    rows, cols = np.nonzero(outside[k])
+    centre = (k, int(np.median(rows)), int(np.median(cols)))
+    speckled = phantom.lesion_labels.copy()
+    speckled[centre[0], centre[1] - 2 : centre[1] + 3, centre[2] - 2 : centre[2] + 3] = 0
+    lungs = add_dense_lung(aerated, speckled, volume.hu)
+    assert not aerated.combined[centre] and lungs.left[centre]
+    assert (outside & lungs.combined).sum() >= 0.97 * outside.sum()

@@ -32,8 +32,9 @@ def a0001_result():
 
 def test_p001_lungs_contain_the_lesions(p001_result):
     """The lung mask keeps diseased lung: of the lesion model's voxels in the lungs and the dense-lung region
-    beside them, >= 90 % end inside the final lung mask (measured 0.938; the rest are slivers under 5 mm thick
-    along the chest wall, dropped as pleura / muscle), and every reported lesion voxel is inside the lungs."""
+    beside them, >= 95 % end inside the final lung mask (measured 0.958; the rest are slivers under 5 mm thick
+    along the chest wall and findings beside the heart and the stomach, dropped as not lung), and every reported
+    lesion voxel is inside the lungs."""
     result = p001_result
     volume = result.volume
     lung = result.lung_left | result.lung_right
@@ -41,7 +42,7 @@ def test_p001_lungs_contain_the_lesions(p001_result):
     candidates = aerated.combined | dense_lung_region(aerated, volume.hu).upsampled(volume.shape)
     predicted = segment_lesions(volume.hu, candidates, volume.spacing_mm).mask > 0
     inside = (predicted & lung).sum() / max(predicted.sum(), 1)
-    assert inside >= 0.90, f"only {inside:.3f} of lesion voxels inside the lung mask"
+    assert inside >= 0.95, f"only {inside:.3f} of lesion voxels inside the lung mask"
     assert not (result.lesion_mask[~lung] > 0).any()
     left_ml, right_ml = result.severity.left.lung_ml, result.severity.right.lung_ml
     assert 2500 < left_ml < 3600 and 2500 < right_ml < 3600, (left_ml, right_ml)  # measured 3059 / 3114 mL

@@ -301,7 +301,8 @@ def add_dense_lung(
     Works on the working grid of the lung masks: a block with lesion voxels outside the lungs, in
     :func:`dense_lung_region`, joins the lung on its side, keeping only parts at least ``min_thickness_mm``
     thick in-plane (a consolidated rim of lung is thick, a sliver of chest-wall muscle or pleura that a model
-    marks along the hull is not; 0 keeps all).
+    marks along the hull is not; 0 keeps all). Pixels of the region that lung and added lesion enclose on a
+    slice (spots the model missed or the thickness rule cut inside a consolidation) join the lung too.
     """
     factor = work_grid_factor(lungs.spacing_mm)
     lesion = block_counts(lesion_mask > 0, factor) > 0
@@ -314,6 +315,9 @@ def add_dense_lung(
     if min_thickness_mm > 0:
         thickness_px = min_thickness_mm / pixel_mm
         added_left, added_right = _thick_parts(added_left, thickness_px), _thick_parts(added_right, thickness_px)
+    left_small, right_small = subsample(lungs.left, factor), subsample(lungs.right, factor)
+    added_left = _fill_slices(left_small | added_left) & ~left_small & ~right_small & region.left
+    added_right = _fill_slices(right_small | added_right) & ~right_small & ~left_small & region.right
     return LungMasks(
         left=_with_blocks(lungs.left, added_left, factor),
         right=_with_blocks(lungs.right, added_right, factor),
