@@ -305,8 +305,8 @@ def add_dense_lung(
     slice (spots the model missed or the thickness rule cut inside a consolidation) join the lung too.
     """
     factor = work_grid_factor(lungs.spacing_mm)
-    lesion = block_counts(lesion_mask > 0, factor) > 0
-    outside = lesion & ~subsample(lungs.left, factor) & ~subsample(lungs.right, factor)
+    left_small, right_small = subsample(lungs.left, factor), subsample(lungs.right, factor)
+    outside = (block_counts(lesion_mask > 0, factor) > 0) & ~left_small & ~right_small
     if not outside.any():
         return lungs
     region = dense_lung_region(lungs, hu, within=outside)
@@ -315,9 +315,8 @@ def add_dense_lung(
     if min_thickness_mm > 0:
         thickness_px = min_thickness_mm / pixel_mm
         added_left, added_right = _thick_parts(added_left, thickness_px), _thick_parts(added_right, thickness_px)
-    left_small, right_small = subsample(lungs.left, factor), subsample(lungs.right, factor)
-    added_left = _fill_slices(left_small | added_left) & ~left_small & ~right_small & region.left
-    added_right = _fill_slices(right_small | added_right) & ~right_small & ~left_small & region.right
+    added_left = _fill_slices(left_small | added_left) & region.left  # the region holds no aerated lung
+    added_right = _fill_slices(right_small | added_right) & region.right
     return LungMasks(
         left=_with_blocks(lungs.left, added_left, factor),
         right=_with_blocks(lungs.right, added_right, factor),
