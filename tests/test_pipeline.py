@@ -123,13 +123,11 @@ def test_lesions_in_lungs_keeps_dense_lung_and_drops_the_rest(phantom):
 def test_thin_slices_are_analysed_on_a_2_mm_grid(phantom):
     """Each slice of the phantom doubled (1.25 mm): the model runs on every other slice, which are the original
     slices, so every slice gets the masks of its original and the volumes in mL match the original study."""
-    from dataclasses import replace
-
+    from ctriage.io import CTVolume
     from ctriage.pipeline import analysis_slices
 
     thick = phantom.volume
-    thin = replace(thick, hu=np.repeat(thick.hu, 2, axis=0),
-                   spacing_mm=(thick.spacing_mm[0] / 2, *thick.spacing_mm[1:]))
+    thin = CTVolume(np.repeat(thick.hu, 2, axis=0), (thick.spacing_mm[0] / 2, *thick.spacing_mm[1:]), thick.affine)
     assert analysis_slices(thin.spacing_mm) == slice(1, None, 2)
     assert analysis_slices(thick.spacing_mm) == slice(0, None, 1)
     thick_result, thin_result = analyze_volume(thick), analyze_volume(thin)

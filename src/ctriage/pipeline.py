@@ -37,6 +37,7 @@ class StudyResult:
     severity: Severity
     identification: Identification | None = None
     lesion_source: str = ""
+    analysed_slices: slice = field(default_factory=lambda: slice(0, None, 1))  # z slices analysed (analysis_slices)
     models: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
@@ -134,7 +135,7 @@ def analyze_volume(
     models: dict[str, str] = {}
     from_model = lesion_labels is None
     grid = analysis_slices(volume.spacing_mm) if from_model else slice(0, None, 1)
-    k, hu = grid.step, volume.hu[grid]
+    k, hu = grid.step, volume.hu_at(grid)
     spacing_mm = (volume.spacing_mm[0] * k, volume.spacing_mm[1], volume.spacing_mm[2])
     with _timed(timings, "lungs", progress):
         lungs = segment_lungs(hu, spacing_mm)
@@ -175,6 +176,7 @@ def analyze_volume(
         severity=severity,
         identification=identification,
         lesion_source=source,
+        analysed_slices=grid,
         models=models,
         timings_s=timings,
     )
@@ -185,8 +187,8 @@ def analyze_study(
 ) -> StudyResult:
     """Load and analyse one study found by :func:`ctriage.io.find_studies`."""
     timings: dict[str, float] = {}
-    with _timed(timings, "load", progress):
-        volume = load_study(source)
+    with _timed(timings, "load", progress):  # the slices the model does not see are decoded when first read
+        volume = load_study(source, first=analysis_slices if lesion_mask is None else None)
     labels = mask_to_canonical(Path(lesion_mask), volume.shape) if lesion_mask is not None else None
     return analyze_volume(volume, labels, progress=progress, timings=timings)
 

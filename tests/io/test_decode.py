@@ -105,3 +105,32 @@ def test_workers_end_when_their_parent_is_killed():
     while not all(_ended(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert all(_ended(pid) for pid in workers)
+
+
+def test_slices_decoded_when_first_read(tmp_path):
+    """With ``first``, only those slices are decoded at load (a damaged file among the others does not stop it)
+    and the others when read: the same HU as a full load, and the damaged file named when it is read."""
+    from ctriage.io import find_studies, load_study
+
+    write_series(tmp_path / "s", Z_40)
+    whole = load_volume(tmp_path / "s")
+    asked = []
+
+    def every_fourth(spacing_mm):
+        asked.append(spacing_mm)
+        return slice(1, None, 4)
+
+    volume = load_study(find_studies(tmp_path / "s")[0], first=every_fourth)
+    assert asked == [whole.spacing_mm]
+    assert np.array_equal(volume.hu_at(slice(1, None, 4)), whole.hu[1::4])
+    assert np.array_equal(volume.hu_at(6), whole.hu[6])
+    assert np.array_equal(volume.hu, whole.hu)
+
+    damaged = whole.slice_files[2]
+    ds = pydicom.dcmread(damaged)
+    ds.PixelData = ds.PixelData[:100]
+    ds.save_as(damaged)
+    lazy = load_study(find_studies(tmp_path / "s")[0], first=every_fourth)
+    assert np.array_equal(lazy.hu_at(slice(1, None, 4)), whole.hu[1::4])
+    with pytest.raises(CorruptFileError, match=damaged.name):
+        lazy.hu_at(2)

@@ -6,7 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ctriage.io.dicom import DicomHeader, load_dicom_series, read_header
+from ctriage.io.dicom import DicomHeader, FirstSlices, load_dicom_series, read_header
 from ctriage.io.errors import (
     CorruptFileError,
     EmptyInputError,
@@ -100,11 +100,12 @@ def find_studies(path: Path | str) -> list[StudySource]:
     return studies
 
 
-def load_study(source: StudySource, workers: int | None = None) -> CTVolume:
-    """Load one study found by :func:`find_studies`."""
+def load_study(source: StudySource, workers: int | None = None, first: FirstSlices | None = None) -> CTVolume:
+    """Load one study found by :func:`find_studies`; with ``first``, a DICOM series decodes only those slices
+    now (see :func:`ctriage.io.dicom.load_dicom_series`)."""
     if source.kind == "nifti":
         return load_nifti(source.path)
-    return load_dicom_series(source.files, source.path, workers=workers, headers=source.headers)
+    return load_dicom_series(source.files, source.path, workers=workers, headers=source.headers, first=first)
 
 
 def load_volume(path: Path | str, workers: int | None = None) -> CTVolume:

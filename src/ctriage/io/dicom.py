@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,13 +21,14 @@ from ctriage.io.errors import (
     NotVolumeError,
     UnsupportedTransferSyntaxError,
 )
-from ctriage.io.orientation import to_canonical
+from ctriage.io.orientation import is_canonical, to_canonical
 from ctriage.io.volume import CTVolume, StudyMeta, affine_from_lps
 
 MIN_SLICES = 10
 GAP_TOLERANCE = 0.05  # relative deviation of a slice gap from the median gap that is still uniform
 # Decoders in order of speed (measured on a JPEG-LS study: CharLS 1.1 s, libjpeg 4.4 s per 133 slices).
 PREFERRED_PLUGINS = ("pyjpegls", "pylibjpeg", "gdcm", "pillow")
+FirstSlices = Callable[[tuple[float, float, float]], slice]  # voxel spacing (z, y, x) mm -> z slices to decode now
 
 
 @dataclass
@@ -207,7 +209,9 @@ def _check_gaps(positions_mm: np.ndarray, source: Path) -> float:
     return float(np.mean(gaps))
 
 
-def _load_single_frame_series(members: list[DicomHeader], source: Path, workers: int | None) -> CTVolume:
+def _load_single_frame_series(
+    members: list[DicomHeader], source: Path, workers: int | None, first: FirstSlices | None
+) -> CTVolume:
     orientation = _orientation(members[0].ds)
     normal = np.cross(orientation[0], orientation[1])
     positions = []
@@ -223,26 +227,37 @@ def _load_single_frame_series(members: list[DicomHeader], source: Path, workers:
     step = normal
     if normal[2] > 0:  # stack head to feet, as canonical z runs, so that reorienting needs no copy of the volume
         members, step = members[::-1], -normal
-    first = members[0].ds
-    plugin = _decoding_plugin(first.file_meta.TransferSyntaxUID)
+    top = members[0].ds
+    plugin = _decoding_plugin(top.file_meta.TransferSyntaxUID)
     try:
         sources = [slice_source(h) for h in members]
     except AttributeError as exc:
         raise CorruptFileError(f"{source}: a slice lacks its pixel description ({exc})") from exc
-    stack = np.empty((len(members), int(first.Rows), int(first.Columns)), np.int16)
-    for index, hu_slice in enumerate(decode_series(sources, plugin, workers)):
-        if hu_slice.shape != stack.shape[1:]:
-            raise NotVolumeError(
-                f"{members[index].path}: slice of shape {hu_slice.shape} in a series of {stack.shape[1:]} slices"
-            )
-        stack[index] = hu_slice
-    row_mm, col_mm = (float(v) for v in first.PixelSpacing)
-    origin = np.asarray([float(v) for v in first.ImagePositionPatient])
+    row_mm, col_mm = (float(v) for v in top.PixelSpacing)
+    origin = np.asarray([float(v) for v in top.ImagePositionPatient])
     # array axes (slice, row, column): along a row index we move down a column, i.e. along IOP[3:6]
     affine = affine_from_lps(origin, np.stack([step, orientation[1], orientation[0]]), (slice_gap, row_mm, col_mm))
-    hu, affine, spacing = to_canonical(stack, affine)
-    slice_files = [h.path for h in members]  # axial: step points to the feet, so z is not flipped
-    return CTVolume(hu=hu, spacing_mm=spacing, affine=affine, meta=_meta(first, source), slice_files=slice_files)
+    shape = (len(members), int(top.Rows), int(top.Columns))
+
+    def decoder(indices: list[int]) -> Iterator[np.ndarray]:
+        for index, hu_slice in zip(indices, decode_series([sources[i] for i in indices], plugin, workers), strict=True):
+            if hu_slice.shape != shape[1:]:
+                raise NotVolumeError(
+                    f"{members[index].path}: slice of shape {hu_slice.shape} in a series of {shape[1:]} slices"
+                )
+            yield hu_slice
+
+    missing = np.zeros(len(members), bool)
+    if first is not None and is_canonical(affine):  # stack indices are the volume's z: the rest can wait
+        missing[:] = True
+        missing[first((slice_gap, row_mm, col_mm))] = False
+    stack = np.empty(shape, np.int16)
+    now = [int(i) for i in np.flatnonzero(~missing)]
+    for index, hu_slice in zip(now, decoder(now), strict=True):
+        stack[index] = hu_slice
+    hu, affine, spacing = to_canonical(stack, affine)  # the stack itself where slices are missing
+    return CTVolume(hu=hu, spacing_mm=spacing, affine=affine, meta=_meta(top, source),
+                    slice_files=[h.path for h in members], missing=missing, decoder=decoder)
 
 
 def _load_multiframe(header: DicomHeader, source: Path) -> CTVolume:
@@ -284,15 +299,18 @@ def load_dicom_series(
     source: Path,
     workers: int | None = None,
     headers: dict[Path, DicomHeader] | None = None,
+    first: FirstSlices | None = None,
 ) -> CTVolume:
     """Load the axial CT series among ``files`` as a canonical HU volume.
 
     Slices are ordered by their position along the slice normal (never by file name), rescale slope and
-    intercept are applied, and pixel data are decoded by ``workers`` processes (default: one per core).
+    intercept are applied, and pixel data are decoded by ``workers`` processes (default: one per core). With
+    ``first`` (voxel spacing (z, y, x) mm -> the z slices to decode now), the other slices of a series stored
+    in canonical order are decoded when they are first read (see :class:`CTVolume`).
     """
     members = choose_ct_series(read_headers(files, headers)[0], source)
     if len(members) == 1 and int(getattr(members[0].ds, "NumberOfFrames", 1) or 1) > 1:
         return _load_multiframe(members[0], source)
     if len(members) == 1:
         raise NotVolumeError(f"{source}: a single 2D CT image; a 3D series of slices is needed")
-    return _load_single_frame_series(members, source, workers)
+    return _load_single_frame_series(members, source, workers, first)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,9 @@ class StudyMeta:
         return asdict(self)
 
 
-@dataclass
+SliceDecoder = Callable[[list[int]], Iterator[np.ndarray]]  # z indices -> their HU slices, in that order
+
+
 class CTVolume:
     """A chest CT in Hounsfield units, in ctriage's canonical orientation.
 
@@ -39,17 +42,52 @@ class CTVolume:
     posterior, x from the patient's right to left, so an axial slice ``hu[k]`` shows the usual radiological view.
     ``spacing_mm`` is (z, y, x) in mm. ``affine`` maps (z, y, x) voxel indices to patient LPS coordinates in mm.
     ``slice_files`` names the DICOM file of each z slice when the source was a single-frame DICOM series.
+
+    A volume can be loaded with some slices not decoded yet (``missing``, bool (z,), and their ``decoder``): they
+    are decoded the first time ``hu`` is read, and :meth:`hu_at` reads chosen slices decoding only those.
     """
 
-    hu: np.ndarray
-    spacing_mm: tuple[float, float, float]
-    affine: np.ndarray
-    meta: StudyMeta = field(default_factory=StudyMeta)
-    slice_files: list[Path] | None = None
+    def __init__(
+        self,
+        hu: np.ndarray,
+        spacing_mm: tuple[float, float, float],
+        affine: np.ndarray,
+        meta: StudyMeta | None = None,
+        slice_files: list[Path] | None = None,
+        missing: np.ndarray | None = None,
+        decoder: SliceDecoder | None = None,
+    ) -> None:
+        if missing is not None and missing.any() and decoder is None:
+            raise ValueError("missing slices need a decoder")
+        self._hu = hu
+        self.spacing_mm = spacing_mm
+        self.affine = affine
+        self.meta = meta or StudyMeta()
+        self.slice_files = slice_files
+        self._missing = np.zeros(hu.shape[0], bool) if missing is None else missing.copy()
+        self._decoder = decoder
+
+    def __repr__(self) -> str:
+        return f"CTVolume(shape={self.shape}, spacing_mm={self.spacing_mm}, meta={self.meta})"
+
+    @property
+    def hu(self) -> np.ndarray:
+        """Every slice, int16 HU (z, y, x)."""
+        return self.hu_at(slice(None))
+
+    def hu_at(self, z: slice | int) -> np.ndarray:
+        """The slices ``z`` (a slice of the z axis, or one index) in HU, decoding those not decoded yet."""
+        wanted = np.arange(self.shape[0])[z]
+        todo = [int(k) for k in np.atleast_1d(wanted) if self._missing[k]]
+        if todo:
+            for k, hu_slice in zip(todo, self._decoder(todo), strict=True):
+                self._hu[k] = hu_slice
+                self._missing[k] = False
+        return self._hu[z]
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.hu.shape)  # type: ignore[return-value]
+        return tuple(self._hu.shape)  # type: ignore[return-value]
 
     @property
     def voxel_volume_ml(self) -> float:

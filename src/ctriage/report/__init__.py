@@ -45,11 +45,13 @@ def _write_images(result: StudyResult, outdir: Path) -> dict[str, Path]:
     paths: dict[str, Path] = {}
     lung = result.lung
     for k in most_affected_slices(result.lesion_mask):
-        image = render_slice(volume.hu[k], result.lesion_mask[k], lung2d=lung[k])
+        image = render_slice(volume.hu_at(k), result.lesion_mask[k], lung2d=lung[k])
         path = outdir / f"overlay_{k:04d}.png"
         image.save(path, compress_level=1)  # fast; PNG is lossless at every level
         paths[f"overlay_{k:04d}"] = path
-    projection = severity_projection(volume.hu, lung, result.lesion_mask, volume.spacing_mm)
+    grid = result.analysed_slices  # the masks repeat between analysed slices: their HU is enough
+    spacing_mm = (volume.spacing_mm[0] * grid.step, *volume.spacing_mm[1:])
+    projection = severity_projection(volume.hu_at(grid), lung[grid], result.lesion_mask[grid], spacing_mm)
     paths["projection"] = outdir / "projection.png"
     projection.save(paths["projection"], compress_level=1)
     return paths
