@@ -47,11 +47,6 @@ class StudyResult:
         """uint8 (z, y, x): 0 background, 1 right lung, 2 left lung (computed once: report and viewer use it)."""
         return LungMasks(self.lung_left, self.lung_right, self.volume.spacing_mm).labels()
 
-    @cached_property
-    def lung(self) -> np.ndarray:
-        """Both lungs, bool (z, y, x)."""
-        return self.lung_labels > 0
-
     def to_dict(self) -> dict[str, Any]:
         volume = self.volume
         identification = self.identification.to_dict() if self.identification is not None else None

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from isal import igzip
 
 from ctriage.io.errors import CorruptFileError, NotVolumeError
 from ctriage.io.orientation import to_canonical
@@ -50,5 +51,11 @@ def save_nifti(array: np.ndarray, affine_lps: np.ndarray, path: Path) -> Path:
     The (x, y, z) view of a C-ordered array is Fortran-ordered, which is NIfTI's layout: no copy on writing.
     """
     xyz_affine = affine_lps[:, [2, 1, 0, 3]]
-    nib.save(nib.Nifti1Image(np.asarray(array).transpose(2, 1, 0), RAS_TO_LPS @ xyz_affine), str(path))
+    image = nib.Nifti1Image(np.asarray(array).transpose(2, 1, 0), RAS_TO_LPS @ xyz_affine)
+    if not str(path).lower().endswith(".gz"):
+        nib.save(image, str(path))
+        return path
+    # gzip through ISA-L: about 8x faster than zlib at level 1 (nibabel's choice) and smaller on masks
+    with igzip.open(path, "wb", compresslevel=1) as stream:
+        image.to_file_map(nib.Nifti1Image.make_file_map({"image": stream}))
     return path

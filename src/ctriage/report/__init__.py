@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,13 +19,9 @@ def write_outputs(result: StudyResult, outdir: Path) -> dict[str, Path]:
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     volume = result.volume
-    with ThreadPoolExecutor(max_workers=2) as pool:  # gzip releases the GIL: masks compress beside the images
-        masks = {
-            "lungs": pool.submit(save_nifti, result.lung_labels, volume.affine, outdir / "lungs.nii.gz"),
-            "lesions": pool.submit(save_nifti, result.lesion_mask, volume.affine, outdir / "lesions.nii.gz"),
-        }
-        paths = _write_images(result, outdir)
-        paths.update({name: future.result() for name, future in masks.items()})
+    paths = _write_images(result, outdir)
+    paths["lungs"] = save_nifti(result.lung_labels, volume.affine, outdir / "lungs.nii.gz")
+    paths["lesions"] = save_nifti(result.lesion_mask, volume.affine, outdir / "lesions.nii.gz")
     report = result.to_dict()
     report["files"] = {
         "lungs": "lungs.nii.gz",
@@ -43,15 +38,16 @@ def _write_images(result: StudyResult, outdir: Path) -> dict[str, Path]:
     """Overlay PNGs of the most affected slices and the severity projection; returns their paths by name."""
     volume = result.volume
     paths: dict[str, Path] = {}
-    lung = result.lung
+    lung_labels = result.lung_labels
     for k in most_affected_slices(result.lesion_mask):
-        image = render_slice(volume.hu_at(k), result.lesion_mask[k], lung2d=lung[k])
+        image = render_slice(volume.hu_at(k), result.lesion_mask[k], lung2d=lung_labels[k] > 0)
         path = outdir / f"overlay_{k:04d}.png"
         image.save(path, compress_level=1)  # fast; PNG is lossless at every level
         paths[f"overlay_{k:04d}"] = path
     grid = result.analysed_slices  # the masks repeat between analysed slices: their HU is enough
     spacing_mm = (volume.spacing_mm[0] * grid.step, *volume.spacing_mm[1:])
-    projection = severity_projection(volume.hu_at(grid), lung[grid], result.lesion_mask[grid], spacing_mm)
+    lung = lung_labels[grid] > 0
+    projection = severity_projection(volume.hu_at(grid), lung, result.lesion_mask[grid], spacing_mm)
     paths["projection"] = outdir / "projection.png"
     projection.save(paths["projection"], compress_level=1)
     return paths

@@ -42,7 +42,7 @@ def render_slice(
 
 def most_affected_slices(lesion_mask: np.ndarray, count: int = 3) -> list[int]:
     """Indices of the ``count`` axial slices with the most lesion voxels (those with any), head to feet."""
-    area = np.count_nonzero(lesion_mask.reshape(lesion_mask.shape[0], -1), axis=1)
+    area = np.array([np.count_nonzero(plane) for plane in lesion_mask])  # per plane: much faster than axis=1
     ranked = [int(k) for k in np.argsort(area)[::-1][:count] if area[k] > 0]
     return sorted(ranked)
 
@@ -61,8 +61,9 @@ def severity_projection(
     attenuation = (ray_sum / hu.shape[1] + 1024.0) / 2048.0
     lo, hi = np.percentile(attenuation, [1, 99.5])
     grey = np.clip((attenuation - lo) / max(hi - lo, 1e-6), 0, 1)
-    lung_depth = np.count_nonzero(lung, axis=1).astype(np.float32)
-    lesion_depth = np.count_nonzero(lesion_mask.astype(bool) & lung, axis=1).astype(np.float32)
+    lung = np.asarray(lung, bool)
+    lung_depth = lung.view(np.uint8).sum(axis=1, dtype=np.float32)  # bool as 0/1; faster than count_nonzero
+    lesion_depth = ((lesion_mask > 0) & lung).view(np.uint8).sum(axis=1, dtype=np.float32)
     local = np.divide(lesion_depth, lung_depth, out=np.zeros_like(lung_depth), where=lung_depth > 0)
     colours = colormaps["hot"](np.clip(local * 1.5, 0, 1) * 0.85 + 0.15)[..., :3]
     alpha = np.where(local > 0, 0.35 + 0.5 * np.clip(local * 2, 0, 1), 0.0)[..., None]
