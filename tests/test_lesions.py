@@ -86,3 +86,20 @@ def test_max_lesion_probability_matches_softmax():
     assert max_lesion_probability(logits, region) == pytest.approx(float(lesion[region].max()), rel=1e-5)
     assert max_lesion_probability(logits, np.zeros((20, 30), bool)) == 0.0
     assert np.array_equal(class_map(logits), softmax.argmax(axis=0).astype(np.uint8))
+
+
+def test_remove_small_lesions_drops_only_small_ones():
+    """A 4 x 4 x 4 mm speck goes, a 10 x 10 x 10 mm (1 mL) lesion of both classes stays voxel for voxel; with
+    nothing to drop the labels come back as they are."""
+    from ctriage.lesions import MIN_LESION_ML, remove_small_lesions
+
+    spacing_mm = (1.0, 1.0, 1.0)  # 2 x 2 in-plane blocks on the working grid
+    labels = np.zeros((30, 40, 40), np.uint8)
+    labels[2:12, 4:14, 4:14] = 1
+    labels[5:8, 6:10, 6:10] = 2
+    big = labels.copy()
+    labels[20:24, 30:34, 30:34] = 2  # 0.064 mL
+    assert 0.064 < MIN_LESION_ML < 1.0
+    cleaned = remove_small_lesions(labels, spacing_mm)
+    assert np.array_equal(cleaned, big) and labels[20:24, 30:34, 30:34].all()  # the input is not changed
+    assert remove_small_lesions(big, spacing_mm) is big

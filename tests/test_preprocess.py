@@ -41,6 +41,18 @@ def test_working_grid_round_trip():
     assert odd.dtype == np.uint8 and np.array_equal(odd[6], labels[2]) and np.array_equal(odd[::2][:3], labels)
 
 
+def test_fill_blocks_sets_exactly_the_upsampled_blocks():
+    from ctriage.preprocess import fill_blocks, upsample
+
+    rng = np.random.default_rng(2)
+    blocks = np.zeros((5, 10, 12), bool)
+    blocks[1:4, 2:7, 3:9] = rng.random((3, 5, 6)) > 0.5
+    labels = rng.integers(0, 3, (5, 31, 37)).astype(np.uint8)
+    expected = np.where(upsample(blocks, 3, labels.shape), np.uint8(0), labels)
+    fill_blocks(labels, blocks, 3, 0)
+    assert np.array_equal(labels, expected)
+
+
 def test_block_counts():
     from ctriage.preprocess import block_counts
 

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ctriage.models.registry import ModelHandle, load_model
-from ctriage.preprocess import LESION_INPUT_WINDOW_HU, block_counts, upsample, window, work_grid_factor
+from ctriage.preprocess import LESION_INPUT_WINDOW_HU, block_counts, fill_blocks, window, work_grid_factor
 
 LESION_MODEL_NAME = "lesions"
 CROP_MARGIN_MM = 10.0  # training slices are lung crops that keep a rim of chest wall
@@ -148,7 +148,8 @@ MIN_LESION_ML = 0.4  # about a 9 mm sphere; smaller isolated findings are mostly
 def remove_small_lesions(
     labels: np.ndarray, spacing_mm: tuple[float, float, float], min_volume_ml: float = MIN_LESION_ML
 ) -> np.ndarray:
-    """Drop lesions (GGO and consolidation together) of less than ``min_volume_ml`` mL.
+    """Drop lesions (GGO and consolidation together) of less than ``min_volume_ml`` mL: a new array, or
+    ``labels`` itself where none is that small.
 
     Lesions are the 26-connected parts of the working grid's blocks that hold lesion voxels (lesions closer
     than one block, about 2 mm, are one); a lesion's volume is the sum of its voxels at full resolution.
@@ -158,9 +159,11 @@ def remove_small_lesions(
     factor = work_grid_factor(spacing_mm)
     counts = block_counts(labels > 0, factor)
     components, count = ndimage.label(counts > 0, structure=np.ones((3, 3, 3), bool))
-    if count == 0:
-        return np.zeros_like(labels)
     volume_ml = np.bincount(components.ravel(), weights=counts.ravel()) * float(np.prod(spacing_mm)) / 1000.0
-    keep = volume_ml >= min_volume_ml
-    keep[0] = False
-    return labels * upsample(keep[components], factor, labels.shape)
+    small = volume_ml < min_volume_ml
+    small[0] = False
+    if not small.any():
+        return labels
+    out = labels.copy()
+    fill_blocks(out, small[components], factor, 0)
+    return out

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 
-from ctriage.preprocess import block_counts, subsample, upsample, work_grid_factor, work_grid_z_factor
+from ctriage.preprocess import block_counts, fill_blocks, subsample, upsample, work_grid_factor, work_grid_z_factor
 
 AIR_HU = -400.0  # lung parenchyma (about -850 HU) and airways are below this; soft tissue is above
 BODY_HU = -500.0
@@ -325,12 +325,9 @@ def add_dense_lung(
 
 
 def _with_blocks(mask: np.ndarray, blocks: np.ndarray, factor: int) -> np.ndarray:
-    """A copy of the voxel-grid ``mask`` with the working-grid ``blocks`` set, touching only their bounding box."""
+    """A copy of the voxel-grid ``mask`` with the working-grid ``blocks`` set."""
     out = mask.copy()
-    if blocks.any():
-        zs, ys, xs = ndimage.find_objects(blocks.astype(np.uint8))[0]
-        full = (zs, slice(ys.start * factor, ys.stop * factor), slice(xs.start * factor, xs.stop * factor))
-        out[full] |= np.repeat(np.repeat(blocks[zs, ys, xs], factor, axis=1), factor, axis=2)
+    fill_blocks(out, blocks, factor, True)
     return out
 
 

@@ -72,6 +72,20 @@ def upsample(mask: np.ndarray, factor: int, shape: tuple[int, ...], z_factor: in
     return out
 
 
+def fill_blocks(array: np.ndarray, blocks: np.ndarray, factor: int, value: bool | int) -> None:
+    """Set the voxels of the working-grid ``blocks`` (bool (z, y // f, x // f), see :func:`subsample`) in the
+    (z, y, x) ``array`` to ``value``, in place, with f x f strided writes over the blocks' bounding box only."""
+    if not blocks.any():
+        return
+    zs, ys, xs = ndimage.find_objects(blocks.view(np.uint8))[0]
+    part = blocks[zs, ys, xs]
+    for i in range(factor):
+        for j in range(factor):
+            rows = slice(ys.start * factor + i, ys.stop * factor, factor)
+            cols = slice(xs.start * factor + j, xs.stop * factor, factor)
+            array[zs, rows, cols][part] = value
+
+
 def resample(
     volume: np.ndarray, spacing_mm: tuple[float, ...], target_spacing_mm: tuple[float, ...], order: int = 1
 ) -> tuple[np.ndarray, tuple[float, ...]]:
