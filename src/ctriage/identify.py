@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from ctriage.models.registry import ModelHandle, load_model
-from ctriage.preprocess import block_counts, subsample, work_grid_factor
+from ctriage.preprocess import block_counts, subsample, voxels_per_slice, work_grid_factor
 
 MIN_SLICE_LUNG_FRACTION = 0.25
 TOP_SLICE_FRACTION = 0.05
@@ -100,17 +100,14 @@ def slice_counts(
     spacing_yx = _in_plane_spacing(spacing_mm)
     factor = work_grid_factor((1.0, *spacing_yx))
 
-    def per_slice(mask: np.ndarray) -> np.ndarray:
-        return np.count_nonzero(mask.reshape(mask.shape[0], -1), axis=1)
-
     counts = np.zeros((lesion_mask.shape[0], 7), np.int64)
-    counts[:, LUNG_LEFT] = per_slice(left)
-    counts[:, LUNG_RIGHT] = per_slice(right)
+    counts[:, LUNG_LEFT] = voxels_per_slice(left)
+    counts[:, LUNG_RIGHT] = voxels_per_slice(right)
     lesion = lesion_mask > 0
-    counts[:, N_GGO] = per_slice((lesion_mask == GGO) & (left | right))
+    counts[:, N_GGO] = voxels_per_slice((lesion_mask == GGO) & (left | right))
     for side, column in ((left, LESION_LEFT), (right, LESION_RIGHT)):
         lesion_in_lung = lesion & side
-        counts[:, column] = per_slice(lesion_in_lung)
+        counts[:, column] = voxels_per_slice(lesion_in_lung)
         blocks, lung_grid = block_counts(lesion_in_lung, factor), subsample(side, factor)
         for z in np.flatnonzero(counts[:, column]):
             peripheral, posterior = _lung_counts(blocks[z], lung_grid[z], spacing_yx, factor)

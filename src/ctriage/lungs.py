@@ -18,7 +18,15 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 
-from ctriage.preprocess import block_counts, fill_blocks, subsample, upsample, work_grid_factor, work_grid_z_factor
+from ctriage.preprocess import (
+    block_counts,
+    fill_blocks,
+    subsample,
+    upsample,
+    voxels_per_slice,
+    work_grid_factor,
+    work_grid_z_factor,
+)
 
 AIR_HU = -400.0  # lung parenchyma (about -850 HU) and airways are below this; soft tissue is above
 BODY_HU = -500.0
@@ -261,7 +269,7 @@ def _side_region(
     margin_px = (HULL_MARGIN_MM / pixel_mm[0], HULL_MARGIN_MM / pixel_mm[1])
     reach = (int(np.ceil(margin_px[0])), int(np.ceil(margin_px[1])))
     region = np.zeros_like(lung)
-    for k in np.flatnonzero(np.count_nonzero(lung.reshape(len(lung), -1), axis=1) >= 30):
+    for k in np.flatnonzero(voxels_per_slice(lung) >= 30):
         rows, cols = np.flatnonzero(lung[k].any(axis=1)), np.flatnonzero(lung[k].any(axis=0))
         box = (slice(max(rows[0] - reach[0], 0), rows[-1] + 1 + reach[0]),
                slice(max(cols[0] - reach[1], 0), cols[-1] + 1 + reach[1]))

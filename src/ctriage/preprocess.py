@@ -45,6 +45,12 @@ def subsample(volume: np.ndarray, factor: int, z_factor: int = 1) -> np.ndarray:
     return volume[z_start::z_factor, start::factor, start::factor][:, :rows, :cols]
 
 
+def voxels_per_slice(mask: np.ndarray) -> np.ndarray:
+    """Number of non-zero voxels on each z slice of a (z, y, x) array, int64 (z,) (counted plane by plane: several
+    times faster than ``count_nonzero(..., axis)``)."""
+    return np.array([np.count_nonzero(plane) for plane in mask], np.int64).reshape(len(mask))
+
+
 def block_counts(mask: np.ndarray, factor: int) -> np.ndarray:
     """Number of True voxels in each ``factor`` x ``factor`` in-plane block of a bool (z, y, x) mask, uint16
     (z, y // f, x // f); the blocks are those of :func:`subsample`."""

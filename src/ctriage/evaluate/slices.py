@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ctriage.evaluate.metrics import sensitivity_specificity
+from ctriage.preprocess import voxels_per_slice
 
 MIN_LESION_AREA_MM2 = 25.0  # a slice "carries lesion" from this much lesion area on it
 
@@ -30,7 +31,7 @@ class SliceAgreement:
 
 def slice_lesion_area_mm2(lesion_mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> np.ndarray:
     """Lesion area on each axial slice in mm^2, shape (z,)."""
-    return (lesion_mask > 0).sum(axis=(1, 2)) * float(spacing_mm[1] * spacing_mm[2])
+    return voxels_per_slice(lesion_mask) * float(spacing_mm[1] * spacing_mm[2])
 
 
 def slice_agreement(

@@ -6,7 +6,7 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
-from ctriage.preprocess import WINDOW_LUNG_HU, resize_to_shape, window
+from ctriage.preprocess import WINDOW_LUNG_HU, resize_to_shape, voxels_per_slice, window
 
 GGO_RGB = (255, 215, 0)  # yellow
 CONSOLIDATION_RGB = (230, 40, 40)  # red
@@ -42,7 +42,7 @@ def render_slice(
 
 def most_affected_slices(lesion_mask: np.ndarray, count: int = 3) -> list[int]:
     """Indices of the ``count`` axial slices with the most lesion voxels (those with any), head to feet."""
-    area = np.array([np.count_nonzero(plane) for plane in lesion_mask])  # per plane: much faster than axis=1
+    area = voxels_per_slice(lesion_mask)
     ranked = [int(k) for k in np.argsort(area)[::-1][:count] if area[k] > 0]
     return sorted(ranked)
 
