@@ -39,13 +39,14 @@ def load_study(n_slices: int) -> tuple[np.ndarray, np.ndarray, tuple[float, floa
 
 
 def main() -> None:
+    from ctriage.lesions import INFERENCE_BATCH, segment_lesions
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=INFERENCE_BATCH)
     args = parser.parse_args()
 
-    from ctriage.lesions import segment_lesions
     from ctriage.models.registry import load_model
     from ctriage.system import available_cores
 

@@ -17,6 +17,7 @@ from ctriage.models.registry import ModelHandle, load_model
 from ctriage.preprocess import LESION_INPUT_WINDOW_HU, block_counts, fill_blocks, window, work_grid_factor
 
 LESION_MODEL_NAME = "lesions"
+INFERENCE_BATCH = 4  # slices per model run: on 2 cores 4 ran about 7 % faster per slice than 16 (cache-sized)
 CROP_MARGIN_MM = 10.0  # training slices are lung crops that keep a rim of chest wall
 MIN_CROP_MM = 60.0  # do not blow tiny apical lung sections up to the full model input
 
@@ -73,7 +74,10 @@ def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def predict_labels(
-    model: ModelHandle, planes: list[np.ndarray], batch_size: int = 16, regions: list[np.ndarray] | None = None
+    model: ModelHandle,
+    planes: list[np.ndarray],
+    batch_size: int = INFERENCE_BATCH,
+    regions: list[np.ndarray] | None = None,
 ) -> list[tuple[np.ndarray, float]]:
     """For each [0, 1] float plane (h, w): its class map uint8 0/1/2 at (h, w) and the highest lesion
     probability over ``regions[i]`` (bool (h, w); default the whole plane), see :func:`max_lesion_probability`.
@@ -116,7 +120,7 @@ def segment_lesions(
     lung_mask: np.ndarray,
     spacing_mm: tuple[float, float, float],
     model: ModelHandle | None = None,
-    batch_size: int = 16,
+    batch_size: int = INFERENCE_BATCH,
     window_hu: tuple[float, float] = LESION_INPUT_WINDOW_HU,
 ) -> LesionResult:
     """Segment GGO and consolidation in ``hu`` (int16, z-y-x) inside ``lung_mask`` (bool, z-y-x).

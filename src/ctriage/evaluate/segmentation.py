@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ctriage.evaluate.metrics import dice, sensitivity_specificity
-from ctriage.lesions import predict_labels
+from ctriage.lesions import INFERENCE_BATCH, predict_labels
 from ctriage.models.registry import ModelHandle
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -96,7 +96,11 @@ def pooled_dice(pairs: list[tuple[np.ndarray, bool, np.ndarray]]) -> dict[str, f
 
 
 def evaluate_folder(
-    images_dir: Path, masks_dir: Path, model: ModelHandle, names: list[str] | None = None, batch_size: int = 16,
+    images_dir: Path,
+    masks_dir: Path,
+    model: ModelHandle,
+    names: list[str] | None = None,
+    batch_size: int = INFERENCE_BATCH,
 ) -> dict[str, Any]:
     """Run ``model`` on every image with a mask (or only the stems in ``names``) at the original slice size.
 
