@@ -95,8 +95,8 @@ def slice_counts(
     their block of the working grid (about 2 mm, see :func:`ctriage.preprocess.work_grid_factor`).
     """
     lesion_mask = _as_volume(lesion_mask)
-    left = _as_volume(lung_left).astype(bool)
-    right = _as_volume(lung_right).astype(bool)
+    left = np.asarray(_as_volume(lung_left), bool)  # no copy of a bool mask
+    right = np.asarray(_as_volume(lung_right), bool)
     spacing_yx = _in_plane_spacing(spacing_mm)
     factor = work_grid_factor((1.0, *spacing_yx))
 
