@@ -1,4 +1,4 @@
-"""Resampling, HU windows and [0, 1] normalisation."""
+"""HU windows, [0, 1] normalisation and the ~2 mm working grid (subsample, block counts, upsample)."""
 
 from __future__ import annotations
 
@@ -90,26 +90,3 @@ def fill_blocks(array: np.ndarray, blocks: np.ndarray, factor: int, value: bool 
             rows = slice(ys.start * factor + i, ys.stop * factor, factor)
             cols = slice(xs.start * factor + j, xs.stop * factor, factor)
             array[zs, rows, cols][part] = value
-
-
-def resample(
-    volume: np.ndarray, spacing_mm: tuple[float, ...], target_spacing_mm: tuple[float, ...], order: int = 1
-) -> tuple[np.ndarray, tuple[float, ...]]:
-    """Resample to ``target_spacing_mm`` (same axis order); ``order`` 0 for masks, 1 for images.
-
-    Returns the resampled array and its exact spacing (the grid is rounded to whole voxels).
-    """
-    zoom = [s / t for s, t in zip(spacing_mm, target_spacing_mm, strict=True)]
-    new_shape = [max(1, int(round(n * z))) for n, z in zip(volume.shape, zoom, strict=True)]
-    factors = [ns / n for ns, n in zip(new_shape, volume.shape, strict=True)]
-    out = ndimage.zoom(
-        volume, factors, order=order, prefilter=False, grid_mode=True, mode="grid-constant" if order == 0 else "nearest"
-    )
-    exact = tuple(s * n / ns for s, n, ns in zip(spacing_mm, volume.shape, new_shape, strict=True))
-    return out, exact
-
-
-def resize_to_shape(volume: np.ndarray, shape: tuple[int, ...], order: int = 1) -> np.ndarray:
-    """Resize ``volume`` to exactly ``shape`` (used to bring a resampled mask back onto the original grid)."""
-    factors = [t / n for t, n in zip(shape, volume.shape, strict=True)]
-    return ndimage.zoom(volume, factors, order=order, prefilter=False, grid_mode=True, mode="nearest")

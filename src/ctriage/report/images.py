@@ -6,7 +6,7 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
-from ctriage.preprocess import WINDOW_LUNG_HU, resize_to_shape, voxels_per_slice, window
+from ctriage.preprocess import WINDOW_LUNG_HU, voxels_per_slice, window
 
 GGO_RGB = (255, 215, 0)  # yellow
 CONSOLIDATION_RGB = (230, 40, 40)  # red
@@ -56,8 +56,8 @@ def severity_projection(
     of the lung along that ray (0..1, magma-like 'hot' map), shown where the ray crosses lung. Rows are scaled
     so that the picture has the patient's true proportions.
     """
-    # mean of min(HU, 1024) along each ray, accumulated in float32 without a float copy of the volume
-    ray_sum = np.add.reduce(np.minimum(hu, 1024), axis=1, dtype=np.float32)  # faster than .mean here
+    # mean of min(HU, 1024) along each ray; int32 sums are exact and about 2x faster than float32 ones
+    ray_sum = np.minimum(hu, 1024).sum(axis=1, dtype=np.int32)
     attenuation = (ray_sum / hu.shape[1] + 1024.0) / 2048.0
     lo, hi = np.percentile(attenuation, [1, 99.5])
     grey = np.clip((attenuation - lo) / max(hi - lo, 1e-6), 0, 1)
@@ -69,5 +69,5 @@ def severity_projection(
     alpha = np.where(local > 0, 0.35 + 0.5 * np.clip(local * 2, 0, 1), 0.0)[..., None]
     rgb = (1 - alpha) * grey[..., None] + alpha * colours
     height = max(1, int(round(hu.shape[0] * spacing_mm[0] / spacing_mm[2])))
-    rgb = resize_to_shape(rgb, (height, rgb.shape[1], 3), order=1)
-    return Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8))
+    image = Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8))
+    return image.resize((image.width, height), Image.BILINEAR)
