@@ -77,9 +77,9 @@ class CTVolume:
 
     def hu_at(self, z: slice | int) -> np.ndarray:
         """The slices ``z`` (a slice of the z axis, or one index) in HU, decoding those not decoded yet."""
-        wanted = np.arange(self.shape[0])[z]
-        todo = [int(k) for k in np.atleast_1d(wanted) if self._missing[k]]
-        if todo:
+        if self._missing.any():
+            wanted = np.atleast_1d(np.arange(self.shape[0])[z])
+            todo = [int(k) for k in wanted[self._missing[wanted]]]
             for k, hu_slice in zip(todo, self._decoder(todo), strict=True):
                 self._hu[k] = hu_slice
                 self._missing[k] = False
