@@ -41,6 +41,17 @@ def test_fill_blocks_sets_exactly_the_upsampled_blocks():
     assert np.array_equal(labels, expected)
 
 
+def test_voxels_per_slice_counts_non_zero_voxels():
+    from ctriage.preprocess import voxels_per_slice
+
+    labels = np.zeros((3, 4, 5), np.uint8)
+    labels[0, 1, 1:3] = (1, 2)
+    labels[2] = 1
+    assert voxels_per_slice(labels).tolist() == [2, 0, 20]
+    assert voxels_per_slice(labels > 0).tolist() == [2, 0, 20]
+    assert voxels_per_slice(np.zeros((0, 4, 5), bool)).shape == (0,)
+
+
 def test_block_counts():
     from ctriage.preprocess import block_counts
 
