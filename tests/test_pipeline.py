@@ -16,8 +16,9 @@ from ctriage.lungs import dense_lung_region, segment_lungs
 from ctriage.pipeline import analyze_path, analyze_volume, lesions_in_lungs
 from tests.conftest import A0001_DICOM, P001_DICOM, P001_LABELS, REPO, require
 
-P001_MIN_SENSITIVITY = 0.85
-P001_MIN_SPECIFICITY = 0.85
+# reached: 76 / 80 labelled slices carry lesion, 62 / 68 unlabelled ones do not; one slice of slack each
+P001_MIN_SENSITIVITY = 75 / 80
+P001_MIN_SPECIFICITY = 61 / 68
 
 
 @pytest.fixture(scope="module")
