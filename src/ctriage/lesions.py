@@ -92,12 +92,9 @@ def predict_labels(
         logits = model.run(np.stack([resize_plane(p, (size, size)) for p in chunk])[:, None])
         for index, (plane, plane_logits) in enumerate(zip(chunk, logits, strict=True)):
             region = None if regions is None else regions[start + index]
-            if region is not None and not region.all():
-                region = resize_labels(region.astype(np.uint8), (size, size)) > 0  # onto the model grid
-            else:
-                region = None
+            on_grid = None if region is None or region.all() else resize_labels(region.view(np.uint8), (size, size)) > 0
             out.append((resize_labels(class_map(plane_logits), plane.shape),
-                        max_lesion_probability(plane_logits, region)))
+                        max_lesion_probability(plane_logits, on_grid)))
     return out
 
 

@@ -42,6 +42,11 @@ class StudyResult:
     warnings: list[str] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def analysed_spacing_mm(self) -> tuple[float, float, float]:
+        """Voxel size (z, y, x) in mm of the analysed slices (``analysed_slices``)."""
+        return grid_spacing_mm(self.volume.spacing_mm, self.analysed_slices)
+
     @cached_property
     def lung_labels(self) -> np.ndarray:
         """uint8 (z, y, x): 0 background, 1 right lung, 2 left lung (computed once: report and viewer use it)."""
@@ -108,6 +113,11 @@ def _timed(timings: dict[str, float], stage: str, progress: Progress | None) -> 
     timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
+def grid_spacing_mm(spacing_mm: tuple[float, float, float], grid: slice) -> tuple[float, float, float]:
+    """Voxel size (z, y, x) in mm of the slices ``grid`` of a volume with voxel size ``spacing_mm``."""
+    return (spacing_mm[0] * grid.step, spacing_mm[1], spacing_mm[2])
+
+
 def analysis_slices(spacing_mm: tuple[float, float, float]) -> slice:
     """The slices the model analyses: all slices down to 1.34 mm spacing; of a thinner series, one slice in k
     for a grid of about 2 mm (k = ``work_grid_z_factor``), the middle one of each group of k."""
@@ -130,8 +140,7 @@ def analyze_volume(
     models: dict[str, str] = {}
     from_model = lesion_labels is None
     grid = analysis_slices(volume.spacing_mm) if from_model else slice(0, None, 1)
-    k, hu = grid.step, volume.hu_at(grid)
-    spacing_mm = (volume.spacing_mm[0] * k, volume.spacing_mm[1], volume.spacing_mm[2])
+    k, hu, spacing_mm = grid.step, volume.hu_at(grid), grid_spacing_mm(volume.spacing_mm, grid)
     with _timed(timings, "lungs", progress):
         lungs = segment_lungs(hu, spacing_mm)
     slice_probability = None

@@ -45,9 +45,8 @@ def _write_images(result: StudyResult, outdir: Path) -> dict[str, Path]:
         image.save(path, compress_level=1)  # fast; PNG is lossless at every level
         paths[f"overlay_{k:04d}"] = path
     grid = result.analysed_slices  # the masks repeat between analysed slices: their HU is enough
-    spacing_mm = (volume.spacing_mm[0] * grid.step, *volume.spacing_mm[1:])
-    lung = lung_labels[grid] > 0
-    projection = severity_projection(volume.hu_at(grid), lung, result.lesion_mask[grid], spacing_mm)
+    projection = severity_projection(volume.hu_at(grid), lung_labels[grid] > 0, result.lesion_mask[grid],
+                                     result.analysed_spacing_mm)
     paths["projection"] = outdir / "projection.png"
     projection.save(paths["projection"], compress_level=1)
     return paths
