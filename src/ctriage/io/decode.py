@@ -100,22 +100,19 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 
 def _worker_pool(workers: int) -> ProcessPoolExecutor:
-    with _pool_lock:
-        return _make_pool(workers)
-
-
-def _make_pool(workers: int) -> ProcessPoolExecutor:
+    """The shared pool of ``workers`` processes, (re)started when missing or of another size."""
     global _pool, _pool_workers
-    if _pool is None or _pool_workers != workers:
-        if _pool is not None:
-            _pool.shutdown(wait=False, cancel_futures=True)
-        # fork is instant but unsafe once other threads run (the service): spawn there, once per process
-        single_threaded = threading.active_count() == 1
-        method = "fork" if single_threaded and "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        _pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
-                                    initializer=_exit_with_parent, initargs=(os.getpid(),))
-        _pool_workers = workers
-    return _pool
+    with _pool_lock:
+        if _pool is None or _pool_workers != workers:
+            if _pool is not None:
+                _pool.shutdown(wait=False, cancel_futures=True)
+            # fork is instant but unsafe once other threads run (the service): spawn there, once per process
+            single_threaded = threading.active_count() == 1
+            method = "fork" if single_threaded and "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            _pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
+                                        initializer=_exit_with_parent, initargs=(os.getpid(),))
+            _pool_workers = workers
+        return _pool
 
 
 def start_workers(workers: int | None = None) -> None:
