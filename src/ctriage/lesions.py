@@ -155,11 +155,11 @@ def remove_small_lesions(
     Lesions are the 26-connected parts of the working grid's blocks that hold lesion voxels (lesions closer
     than one block, about 2 mm, are one); a lesion's volume is the sum of its voxels at full resolution.
     """
-    from scipy import ndimage
+    import cc3d
 
     factor = work_grid_factor(spacing_mm)
     counts = block_counts(labels > 0, factor)
-    components, count = ndimage.label(counts > 0, structure=np.ones((3, 3, 3), bool))
+    components = cc3d.connected_components(counts > 0, connectivity=26)
     volume_ml = np.bincount(components.ravel(), weights=counts.ravel()) * float(np.prod(spacing_mm)) / 1000.0
     small = volume_ml < min_volume_ml
     small[0] = False

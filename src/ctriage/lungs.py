@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+import cc3d
+import fill_voids
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
@@ -71,24 +73,26 @@ class LungMasks:
 def body_mask(hu: np.ndarray) -> np.ndarray:
     """The patient's body (largest connected non-air region), holes filled slice by slice."""
     tissue = hu > BODY_HU
-    labels, count = ndimage.label(tissue)
-    if count == 0:
+    if not tissue.any():
         return tissue
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return _fill_slices(labels == int(np.argmax(sizes)))
+    return _fill_slices(cc3d.largest_k(tissue, k=1, connectivity=6, binary_image=True))
 
 
-def _in_plane_structure() -> np.ndarray:
-    """3D structuring element that connects 4-neighbours within a slice only."""
-    structure = np.zeros((3, 3, 3), bool)
-    structure[1] = ndimage.generate_binary_structure(2, 1)
-    return structure
+def label_slices(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Label the 4-connected regions of each slice of a bool (z, y, x) mask: uint32 labels unique across slices
+    (0 background) and their number."""
+    labels = np.zeros(mask.shape, np.uint32)
+    count = 0
+    for k, plane in enumerate(mask):
+        plane_labels, plane_count = cc3d.connected_components(plane, connectivity=4, return_N=True)
+        labels[k] = np.where(plane_labels > 0, plane_labels + np.uint32(count), 0)
+        count += plane_count
+    return labels, count
 
 
 def _remove_airways(air: np.ndarray, pixel_area_mm2: float) -> np.ndarray:
     """Drop small air regions near the left-right middle of each slice (trachea, main bronchi)."""
-    labels, count = ndimage.label(air, structure=_in_plane_structure())  # regions of each slice, all at once
+    labels, count = label_slices(air)
     width = air.shape[2]
     areas = np.bincount(labels.ravel(), minlength=count + 1).astype(float)
     xs = np.broadcast_to(np.arange(width, dtype=np.float64), air.shape)
@@ -103,12 +107,11 @@ def _keep_lungs(air: np.ndarray, small_hu: np.ndarray, voxel_ml: float) -> np.nd
 
     Lung parenchyma has a median near -850 HU; gas in the bowel is nearly pure air.
     """
-    labels, count = ndimage.label(air)
+    labels, count = cc3d.connected_components(air, connectivity=6, return_N=True)
     if count == 0:
         return air
-    index = np.arange(1, count + 1)
-    sizes = np.zeros(count + 1)
-    sizes[1:] = ndimage.sum_labels(air, labels, index) * voxel_ml
+    sizes = np.bincount(labels.ravel(), minlength=count + 1) * voxel_ml
+    sizes[0] = 0
     candidate = sizes >= MIN_LUNG_ML
     for i in np.flatnonzero(candidate):
         candidate[i] = np.median(small_hu[labels == i]) > LUNG_MIN_MEDIAN_HU
@@ -124,7 +127,7 @@ def _keep_lungs(air: np.ndarray, small_hu: np.ndarray, voxel_ml: float) -> np.nd
 
 def _two_largest(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """The two largest components when the second is at least 15 % of the first, else None."""
-    labels, count = ndimage.label(mask)
+    labels, count = cc3d.connected_components(mask, connectivity=6, return_N=True)
     if count < 2:
         return None
     sizes = np.bincount(labels.ravel())
@@ -180,12 +183,8 @@ def _nearest_marker(markers: np.ndarray) -> np.ndarray:
 
 
 def _fill_slices(mask: np.ndarray) -> np.ndarray:
-    """Fill the holes of every slice of a (z, y, x) mask: background parts that do not reach the slice's edge."""
-    background, count = ndimage.label(~mask, structure=_in_plane_structure())
-    hole = np.ones(count + 1, bool)
-    hole[0] = False
-    hole[background[:, 0]] = hole[background[:, -1]] = hole[background[:, :, 0]] = hole[background[:, :, -1]] = False
-    return mask | hole[background]
+    """Fill the holes of every slice of a bool (z, y, x) mask: background parts that do not reach the slice's edge."""
+    return np.stack([fill_voids.fill(plane, in_place=False) for plane in mask]).reshape(mask.shape)
 
 
 def segment_lungs(hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> LungMasks:
