@@ -14,7 +14,14 @@ import numpy as np
 from PIL import Image
 
 from ctriage.models.registry import ModelHandle, load_model
-from ctriage.preprocess import LESION_INPUT_WINDOW_HU, block_counts, fill_blocks, window, work_grid_factor
+from ctriage.preprocess import (
+    LESION_INPUT_WINDOW_HU,
+    block_counts,
+    fill_blocks,
+    voxels_per_slice,
+    window,
+    work_grid_factor,
+)
 
 LESION_MODEL_NAME = "lesions"
 INFERENCE_BATCH = 4  # slices per model run: on 2 cores 4 ran about 7 % faster per slice than 16 (cache-sized)
@@ -132,7 +139,7 @@ def segment_lesions(
     lung_mask = np.asarray(lung_mask, bool)
     mask = np.zeros(hu.shape, np.uint8)
     slice_probability = np.zeros(hu.shape[0], np.float32)
-    slices = np.flatnonzero(lung_mask.any(axis=(1, 2)))
+    slices = np.flatnonzero(voxels_per_slice(lung_mask))
     boxes = [crop_box(lung_mask[z], (spacing_mm[1], spacing_mm[2])) for z in slices]
     planes = [window(hu[z][box], window_hu) for z, box in zip(slices, boxes, strict=True)]
     lungs = [lung_mask[z][box] for z, box in zip(slices, boxes, strict=True)]

@@ -165,12 +165,17 @@ def split_left_right(lungs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             part1[box], part2[box] = crop & (nearest == 1), crop & (nearest == 2)
         else:
             xs = np.arange(lungs.shape[2])[None, None, :]
-            part1 = lungs & (xs >= ndimage.center_of_mass(lungs)[2])
+            part1 = lungs & (xs >= _mean_column(lungs))
             part2 = lungs & ~part1
     if not part1.any() or not part2.any():
         return lungs.copy(), np.zeros_like(lungs)
-    x1, x2 = ndimage.center_of_mass(part1)[2], ndimage.center_of_mass(part2)[2]
-    return (part1, part2) if x1 > x2 else (part2, part1)
+    return (part1, part2) if _mean_column(part1) > _mean_column(part2) else (part2, part1)
+
+
+def _mean_column(mask: np.ndarray) -> float:
+    """Mean x (column) index of the voxels of a non-empty (z, y, x) mask."""
+    per_column = np.count_nonzero(mask, axis=(0, 1))
+    return float(per_column @ np.arange(len(per_column))) / float(per_column.sum())
 
 
 def _nearest_marker(markers: np.ndarray) -> np.ndarray:

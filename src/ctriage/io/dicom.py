@@ -229,10 +229,13 @@ def _load_single_frame_series(
         members, step = members[::-1], -normal
     top = members[0].ds
     plugin = _decoding_plugin(top.file_meta.TransferSyntaxUID)
-    try:
-        sources = [slice_source(h) for h in members]
-    except AttributeError as exc:
-        raise CorruptFileError(f"{source}: a slice lacks its pixel description ({exc})") from exc
+
+    def source_of(index: int) -> SliceSource:  # read from the header only for the slices decoded
+        try:
+            return slice_source(members[index])
+        except AttributeError as exc:
+            raise CorruptFileError(f"{members[index].path}: the slice lacks its pixel description ({exc})") from exc
+
     row_mm, col_mm = (float(v) for v in top.PixelSpacing)
     origin = np.asarray([float(v) for v in top.ImagePositionPatient])
     # array axes (slice, row, column): along a row index we move down a column, i.e. along IOP[3:6]
@@ -240,7 +243,8 @@ def _load_single_frame_series(
     shape = (len(members), int(top.Rows), int(top.Columns))
 
     def decoder(indices: list[int]) -> Iterator[np.ndarray]:
-        for index, hu_slice in zip(indices, decode_series([sources[i] for i in indices], plugin, workers), strict=True):
+        sources = [source_of(i) for i in indices]
+        for index, hu_slice in zip(indices, decode_series(sources, plugin, workers), strict=True):
             if hu_slice.shape != shape[1:]:
                 raise NotVolumeError(
                     f"{members[index].path}: slice of shape {hu_slice.shape} in a series of {shape[1:]} slices"
