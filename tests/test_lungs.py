@@ -56,3 +56,30 @@ def test_dense_lung_enclosed_by_lung_and_lesion_is_lung(phantom):
     lungs = add_dense_lung(aerated, speckled, volume.hu)
     assert not aerated.combined[centre] and lungs.left[centre]
     assert (outside & lungs.combined).sum() >= 0.97 * outside.sum()
+
+
+def test_label_slices_matches_scipy_in_plane_labelling():
+    """Regions are 4-connected within a slice, never across slices, and numbered uniquely over the volume."""
+    from scipy import ndimage
+
+    from ctriage.lungs import label_slices
+
+    mask = np.random.default_rng(0).random((6, 40, 50)) > 0.55
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    expected, expected_count = ndimage.label(mask, structure=in_plane)
+    labels, count = label_slices(mask)
+    assert count == expected_count
+    assert ((labels > 0) == mask).all()
+    pairs = np.unique(np.stack([labels[mask], expected[mask]]), axis=1)  # one-to-one correspondence of regions
+    assert pairs.shape[1] == count and len(np.unique(pairs[0])) == count and len(np.unique(pairs[1])) == count
+
+
+def test_filled_slices_match_scipy_hole_filling():
+    from scipy import ndimage
+
+    from ctriage.lungs import _fill_slices
+
+    mask = np.random.default_rng(1).random((5, 30, 30)) > 0.4
+    expected = np.stack([ndimage.binary_fill_holes(plane) for plane in mask])
+    assert (_fill_slices(mask) == expected).all()
