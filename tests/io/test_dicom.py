@@ -16,6 +16,7 @@ from ctriage.io import (
     NotCTError,
     NotVolumeError,
     find_studies,
+    load_study,
     load_volume,
 )
 from tests.conftest import A0001_DICOM, P001_LABELS, require
@@ -94,8 +95,21 @@ def test_single_2d_image(tmp_path):
 def test_folder_of_several_studies(tmp_path):
     write_series(tmp_path / "a", Z_20)
     write_series(tmp_path / "b", Z_20)
+    (tmp_path / "README.md").write_text("notes beside the studies, as in a data export\n")
+    (tmp_path / "b_labels").mkdir()
+    (tmp_path / "b_labels" / "slice_labels.csv").write_text("file,infection\n")
     studies = find_studies(tmp_path)
-    assert sorted(s.label for s in studies) == ["a", "b"]
+    assert sorted(s.label for s in studies) == ["a", "b"]  # files that are not DICOM are no studies
+
+
+def test_damaged_dicom_without_study_is_its_own_failing_study(tmp_path):
+    write_series(tmp_path / "a", Z_20)
+    (tmp_path / "lone").mkdir()
+    (tmp_path / "lone" / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00")
+    studies = find_studies(tmp_path)
+    assert sorted(s.label for s in studies) == ["a", "lone"]
+    with pytest.raises(CorruptFileError, match="broken.dcm"):
+        load_study(next(s for s in studies if s.label == "lone"))
 
 
 def test_p001_jpegls_in_slice_order(p001):

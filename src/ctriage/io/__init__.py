@@ -6,7 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ctriage.io.dicom import DicomHeader, FirstSlices, load_dicom_series, read_header
+from ctriage.io.dicom import DicomHeader, FirstSlices, is_dicom_file, load_dicom_series, read_header
 from ctriage.io.errors import (
     CorruptFileError,
     EmptyInputError,
@@ -82,7 +82,7 @@ def find_studies(path: Path | str) -> list[StudySource]:
         if study_uid:
             by_study[study_uid].append(f)
             headers[f] = header  # kept, so that loading does not parse the file's header again
-        else:
+        elif is_dicom_file(f):  # damaged DICOM; other files (notes, label tables) are not part of any study
             unreadable.append(f)
     study_of_folder = {f.parent: key for key, group in by_study.items() for f in group}
     for f in unreadable:

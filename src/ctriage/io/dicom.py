@@ -71,7 +71,8 @@ def slice_source(header: DicomHeader) -> SliceSource:
     )
 
 
-def _is_dicom_file(path: Path) -> bool:
+def is_dicom_file(path: Path) -> bool:
+    """Whether the file at ``path`` starts with the DICOM preamble ("DICM" at byte 128)."""
     try:
         with open(path, "rb") as handle:
             handle.seek(128)
@@ -93,7 +94,7 @@ def read_headers(
     for path in files:
         header = known.get(path)
         if header is None:
-            if path.name.upper() == "DICOMDIR" or not _is_dicom_file(path):
+            if path.name.upper() == "DICOMDIR" or not is_dicom_file(path):
                 ignored.append(path)
                 continue
             try:
