@@ -184,7 +184,9 @@ def remove_small_lesions(
     factor = work_grid_factor(spacing_mm)
     counts = block_counts(labels > 0, factor)
     components = cc3d.connected_components(counts > 0, connectivity=26)
-    volume_ml = np.bincount(components.ravel(), weights=counts.ravel()) * float(np.prod(spacing_mm)) / 1000.0
+    blocks = np.flatnonzero(counts)  # lesion blocks are few: sum over them only
+    voxels = np.bincount(components.ravel()[blocks], weights=counts.ravel()[blocks], minlength=1)
+    volume_ml = voxels * float(np.prod(spacing_mm)) / 1000.0
     small = volume_ml < min_volume_ml
     small[0] = False
     if not small.any():
