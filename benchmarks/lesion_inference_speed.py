@@ -2,7 +2,7 @@
 
 The study is the real COVID-CT-MD P001 (148 x 512 x 512) from ../shared/data, stacked to 300 slices, with lungs
 from ctriage.lungs (not timed); without the data folder a 300-slice synthetic phantom is used.
-Run: python benchmarks/lesion_inference_speed.py [--slices 300] [--repeats 3] [--threads N]
+Run: python benchmarks/lesion_inference_speed.py [--slices 300] [--repeats 3] [--batch-size 4]
 """
 
 from __future__ import annotations
