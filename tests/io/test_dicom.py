@@ -96,6 +96,7 @@ def test_folder_of_several_studies(tmp_path):
     write_series(tmp_path / "a", Z_20)
     write_series(tmp_path / "b", Z_20)
     (tmp_path / "README.md").write_text("notes beside the studies, as in a data export\n")
+    (tmp_path / "DICOMDIR").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00")  # an index, not an image
     (tmp_path / "b_labels").mkdir()
     (tmp_path / "b_labels" / "slice_labels.csv").write_text("file,infection\n")
     studies = find_studies(tmp_path)

@@ -6,7 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ctriage.io.dicom import DicomHeader, FirstSlices, is_dicom_file, load_dicom_series, read_header
+from ctriage.io.dicom import DicomHeader, FirstSlices, load_dicom_series, may_hold_image, read_header
 from ctriage.io.errors import (
     CorruptFileError,
     EmptyInputError,
@@ -72,17 +72,17 @@ def find_studies(path: Path | str) -> list[StudySource]:
     headers: dict[Path, DicomHeader] = {}
     unreadable: list[Path] = []
     for f in files:
-        if is_nifti(f):
+        if is_nifti(f) or not may_hold_image(f):  # the loader ignores non-DICOM files too: no need to parse them
             continue
         try:
             header = read_header(f)
             study_uid = str(getattr(header.ds, "StudyInstanceUID", ""))
-        except Exception:  # unreadable: reported by the loader, within the study that shares its folder
+        except Exception:  # pydicom raises many exception types on damaged files
             study_uid = ""
         if study_uid:
             by_study[study_uid].append(f)
             headers[f] = header  # kept, so that loading does not parse the file's header again
-        elif is_dicom_file(f):  # damaged DICOM; other files (notes, label tables) are not part of any study
+        else:  # damaged DICOM: reported by the loader, within the study that shares its folder
             unreadable.append(f)
     study_of_folder = {f.parent: key for key, group in by_study.items() for f in group}
     for f in unreadable:

@@ -71,8 +71,11 @@ def slice_source(header: DicomHeader) -> SliceSource:
     )
 
 
-def is_dicom_file(path: Path) -> bool:
-    """Whether the file at ``path`` starts with the DICOM preamble ("DICM" at byte 128)."""
+def may_hold_image(path: Path) -> bool:
+    """Whether the file at ``path`` may be a DICOM image: it has the DICOM preamble ("DICM" at byte 128) and is
+    not a DICOMDIR index. Other files (notes, label tables, indexes) are no part of a series."""
+    if path.name.upper() == "DICOMDIR":
+        return False
     try:
         with open(path, "rb") as handle:
             handle.seek(128)
@@ -94,7 +97,7 @@ def read_headers(
     for path in files:
         header = known.get(path)
         if header is None:
-            if path.name.upper() == "DICOMDIR" or not is_dicom_file(path):
+            if not may_hold_image(path):
                 ignored.append(path)
                 continue
             try:
