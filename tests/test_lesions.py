@@ -103,3 +103,24 @@ def test_remove_small_lesions_drops_only_small_ones():
     cleaned = remove_small_lesions(labels, spacing_mm)
     assert np.array_equal(cleaned, big) and labels[20:24, 30:34, 30:34].all()  # the input is not changed
     assert remove_small_lesions(big, spacing_mm) is big
+
+
+def test_batches_on_several_threads_give_the_single_stream_result(phantom):
+    """predict_labels runs batches on one thread per core: order and values must not depend on it."""
+    from ctriage.lesions import predict_labels
+    from ctriage.models.registry import load_model
+    from ctriage.preprocess import LESION_INPUT_WINDOW_HU, window
+
+    volume, lungs = phantom.volume, phantom.lung_left | phantom.lung_right
+    boxes = [(z, crop_box(lungs[z], volume.spacing_mm[1:])) for z in np.flatnonzero(lungs.any(axis=(1, 2)))]
+    planes = [window(volume.hu[z][box], LESION_INPUT_WINDOW_HU) for z, box in boxes]
+    regions = [np.ones(p.shape, bool) if i % 2 else (np.arange(p.shape[1]) < 200)[None].repeat(p.shape[0], 0)
+               for i, p in enumerate(planes)]
+    model = load_model("lesions")
+    single = predict_labels(model, planes, batch_size=2, regions=regions, threads=1)
+    threaded = predict_labels(model, planes, batch_size=2, regions=regions, threads=3)
+    assert len(single) == len(threaded) == len(planes)
+    assert any(labels.any() for labels, _ in single)  # the phantom's lesions are found: the maps carry content
+    for (labels_1, probability_1), (labels_3, probability_3) in zip(single, threaded, strict=True):
+        assert np.array_equal(labels_1, labels_3)
+        assert probability_1 == pytest.approx(probability_3, abs=1e-6)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import cc3d
 import numpy as np
 from PIL import Image
 
@@ -179,8 +180,6 @@ def remove_small_lesions(
     Lesions are the 26-connected parts of the working grid's blocks that hold lesion voxels (lesions closer
     than one block, about 2 mm, are one); a lesion's volume is the sum of its voxels at full resolution.
     """
-    import cc3d
-
     factor = work_grid_factor(spacing_mm)
     counts = block_counts(labels > 0, factor)
     components = cc3d.connected_components(counts > 0, connectivity=26)
