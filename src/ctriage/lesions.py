@@ -154,18 +154,42 @@ def segment_lesions(
     if hu.shape != lung_mask.shape:
         raise ValueError(f"hu {hu.shape} and lung_mask {lung_mask.shape} differ in shape")
     model = model or load_model(LESION_MODEL_NAME)
-    lung_mask = np.asarray(lung_mask, bool)
     mask = np.zeros(hu.shape, np.uint8)
     slice_probability = np.zeros(hu.shape[0], np.float32)
-    slices = np.flatnonzero(voxels_per_slice(lung_mask))
-    boxes = [crop_box(lung_mask[z], (spacing_mm[1], spacing_mm[2])) for z in slices]
-    planes = [window(hu[z][box], window_hu) for z, box in zip(slices, boxes, strict=True)]
-    lungs = [lung_mask[z][box] for z, box in zip(slices, boxes, strict=True)]
-    predictions = predict_labels(model, planes, batch_size, regions=lungs)
-    for z, box, lung, (labels, probability) in zip(slices, boxes, lungs, predictions, strict=True):
-        mask[z][box] = labels if lung.all() else np.where(lung, labels, 0)  # all: the crop is inside the area
-        slice_probability[z] = probability
+    crops = lung_crops(hu, lung_mask, spacing_mm, window_hu)
+    predictions = predict_labels(model, [c.plane for c in crops], batch_size, regions=[c.lung for c in crops])
+    for crop, (labels, probability) in zip(crops, predictions, strict=True):
+        # all: the crop is inside the area
+        mask[crop.z][crop.box] = labels if crop.lung.all() else np.where(crop.lung, labels, 0)
+        slice_probability[crop.z] = probability
     return LesionResult(mask, slice_probability, model.version)
+
+
+@dataclass(frozen=True)
+class LungCrop:
+    """The model's view of one axial slice: slice index ``z``, ``box`` (rows, cols) in the slice, the windowed
+    ``plane`` float32 [0, 1] and the ``lung`` mask (bool) inside the box."""
+
+    z: int
+    box: tuple[slice, slice]
+    plane: np.ndarray
+    lung: np.ndarray
+
+
+def lung_crops(
+    hu: np.ndarray,
+    lung_mask: np.ndarray,
+    spacing_mm: tuple[float, float, float],
+    window_hu: tuple[float, float] = LESION_INPUT_WINDOW_HU,
+) -> list[LungCrop]:
+    """Every slice of ``hu`` (z, y, x) with lung in ``lung_mask``, cropped by :func:`crop_box` and windowed with
+    ``window_hu``: what the lesion model sees (also what training on real CTs uses)."""
+    lung_mask = np.asarray(lung_mask, bool)
+    crops = []
+    for z in np.flatnonzero(voxels_per_slice(lung_mask)):
+        box = crop_box(lung_mask[z], (spacing_mm[1], spacing_mm[2]))
+        crops.append(LungCrop(int(z), box, window(hu[z][box], window_hu), lung_mask[z][box]))
+    return crops
 
 
 MIN_LESION_ML = 0.4  # about a 9 mm sphere; smaller isolated findings are mostly model speckle (see docs/models.md)

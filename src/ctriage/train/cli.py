@@ -26,6 +26,8 @@ def lesions(
     batch_size: Annotated[int, typer.Option(help="Slices per optimiser step.")] = 12,
     learning_rate: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 2e-3,
     lesion_class_weight: Annotated[float, typer.Option(help="Loss weight of GGO/consolidation vs background.")] = 1.0,
+    real_ct: Annotated[bool, typer.Option(help="Also train on real CTs: lesion-free + synthetic-lesion crops.")] = True,
+    real_share: Annotated[float, typer.Option(help="Share of real-CT slices in fine-tuning batches.")] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed of the validation split and of training.")] = 0,
     n_val: Annotated[int, typer.Option(help="MedSeg radiologist slices held out for validation.")] = 10,
     threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
@@ -41,6 +43,7 @@ def lesions(
     from ctriage.train.data import MEDSEG_MULTICLASS, build_cache, load_cache, validation_names
     from ctriage.train.loop import TrainConfig, subset, train_lesion_net
     from ctriage.train.nets import build_net
+    from ctriage.train.real_ct import TRAINING_CTS, build_real_cache, load_real_cache
 
     torch.set_num_threads(threads)
     widths = tuple(int(f) for f in features.split(","))
@@ -48,13 +51,21 @@ def lesions(
     medseg, binary = load_cache(cache)
     val_names = validation_names(medseg.names, n_val, seed)
     train, val = subset(medseg, val_names, keep=False), subset(medseg, val_names, keep=True)
+    real, luna_held_out = [], []
+    if real_ct:
+        negatives, synthetic, luna_held_out = load_real_cache(
+            build_real_cache(data_root, cache_dir / f"lesions_real_ct_{input_size}.npz", input_size, seed))
+        real = [negatives, synthetic]
     config = TrainConfig(pretrain_steps=pretrain_steps, finetune_steps=finetune_steps, batch_size=batch_size,
-                         learning_rate=learning_rate, seed=seed, lesion_class_weight=lesion_class_weight)
+                         learning_rate=learning_rate, seed=seed, lesion_class_weight=lesion_class_weight,
+                         real_share=real_share if real_ct else 0.0)
     model = build_net(net, widths, space_to_depth=space_to_depth)
     typer.echo(f"{net} {widths}: {sum(p.numel() for p in model.parameters())} parameters; "
-               f"train {len(train.names)} + {len(binary.names)} binary, validation {val_names}")
-    history = train_lesion_net(model, train, val, binary, config, log=typer.echo)
-    torch.save(model.state_dict(), cache_dir / f"lesions_{net}.pt")  # to fine-tune further without retraining
+               f"train {len(train.names)} + {len(binary.names)} binary + {[len(s.names) for s in real]} real-CT, "
+               f"validation {val_names}")
+    weights_file = cache_dir / f"lesions_{net}_s2d{space_to_depth}_{'real' if real_ct else 'medseg'}.pt"
+    history = train_lesion_net(model, train, val, binary, config, log=typer.echo, real=real,
+                               checkpoint_file=weights_file)
     if history_json is not None:
         history_json.parent.mkdir(parents=True, exist_ok=True)
         history_json.write_text(json.dumps({"net": net, "features": widths, "config": config.__dict__,
@@ -69,7 +80,8 @@ def lesions(
     command = (f"ctriage train lesions --net {net} --features {features} --space-to-depth {space_to_depth} "
                f"--input-size {input_size} "
                f"--pretrain-steps {pretrain_steps} --finetune-steps {finetune_steps} --batch-size {batch_size} "
-               f"--learning-rate {learning_rate} --lesion-class-weight {lesion_class_weight} --seed {seed} "
+               f"--learning-rate {learning_rate} --lesion-class-weight {lesion_class_weight} "
+               f"--{'' if real_ct else 'no-'}real-ct --real-share {real_share} --seed {seed} "
                f"--n-val {n_val} --export-dir {export_dir}")
     card = {
         "name": "lesions",
@@ -89,6 +101,16 @@ def lesions(
             "multiclass": f"{MEDSEG_MULTICLASS} (50 radiologist slices, MedSeg origin)",
             "pretraining": "Inf-Net Pseudo-label (1600 slices, model-made binary masks) + acl_ggo_311 "
                            "(311 slices, GGO masks, cropped to the lungs), as lesion vs background",
+            "real_ct": {
+                "trained_on": [str(path) for path in TRAINING_CTS] if real_ct else [],
+                "what": "the product's own lung crops of these lesion-free CTs, as negatives and with synthetic "
+                        "GGO / consolidation inserted in HU (ctriage.train.real_ct), plus the LUNA16 slices of "
+                        "identification_slices from the scans in the training half (ctriage.train.real_ct."
+                        "in_training_half) as negatives",
+                "luna16_held_out_scans": luna_held_out,
+                "never_trained_on": ["ct_volumes/covidctmd_P001_covid19", "ct_volumes/covidctmd_cap001_cap",
+                                     "ct_volumes/covidctmd_normal002_normal"],
+            } if real_ct else None,
         },
         "split": {"validation": val_names, "train": train.names, "seed": seed,
                   "rule": f"{n_val} of the 50 radiologist slices by a seeded permutation, never trained on"},

@@ -1,8 +1,10 @@
 """Training loop for the lesion networks: augmentation, losses, two stages, validation Dice.
 
-Stage 1 (pre-training, binary): pseudo-label + ACL slices (+ the MedSeg training slices as lesion vs not);
-the lesion logit is logsumexp(GGO, consolidation) - background, i.e. P(lesion) = P(GGO) + P(consolidation).
-Stage 2 (fine-tuning, three classes): the MedSeg training slices with MONAI DiceCELoss.
+Stage 1 (pre-training, binary): pseudo-label + ACL slices (+ the MedSeg training slices as lesion vs not, and
+the real-CT slices of :mod:`ctriage.train.real_ct` when given); the lesion logit is
+logsumexp(GGO, consolidation) - background, i.e. P(lesion) = P(GGO) + P(consolidation).
+Stage 2 (fine-tuning, three classes): the MedSeg training slices with MONAI DiceCELoss, mixed with the real-CT
+slices (lesion-free crops and synthetic lesions, ``real_share`` of each batch on average) when given.
 The MedSeg validation slices are never trained on.
 """
 
@@ -12,6 +14,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,6 +41,7 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 100
     lesion_class_weight: float = 1.0  # weight of GGO and consolidation (vs background 1) in CE, Dice and BCE
+    real_share: float = 0.5  # share of real-CT slices (negatives + synthetic lesions) in fine-tuning batches
 
 
 @dataclass
@@ -105,6 +109,20 @@ def batch_of(data: SliceSet, index: np.ndarray) -> tuple[torch.Tensor, torch.Ten
     return images, torch.from_numpy(data.labels[index].astype(np.int64))
 
 
+def concatenate(sets: list[SliceSet]) -> SliceSet:
+    """One slice set of several (same grid)."""
+    return SliceSet(np.concatenate([s.images for s in sets]), np.concatenate([s.labels for s in sets]),
+                    [n for s in sets for n in s.names])
+
+
+def mixture_probabilities(sizes: list[int], shares: list[float]) -> np.ndarray:
+    """Per-slice sampling probabilities over concatenated sets of ``sizes`` slices so that set i makes up
+    ``shares[i]`` of the draws (uniform inside a set; empty sets are skipped and the shares renormalised)."""
+    parts = [np.full(n, share / n) for n, share in zip(sizes, shares, strict=True) if n > 0]
+    probabilities = np.concatenate(parts)
+    return probabilities / probabilities.sum()
+
+
 def subset(data: SliceSet, names: list[str], keep: bool) -> SliceSet:
     """The slices of ``data`` whose name is in ``names`` (``keep``) or not in it."""
     chosen = np.array([(n in names) == keep for n in data.names])
@@ -156,9 +174,11 @@ def run_stage(
     evaluate: Callable[[str, int], None],
     stage: str,
     calibration_images: np.ndarray,
+    probabilities: np.ndarray | None = None,
 ) -> None:
-    """``steps`` AdamW steps on augmented random batches of ``data`` with a cosine learning-rate decay; before
-    each evaluation the batch-norm statistics are re-estimated on ``calibration_images``."""
+    """``steps`` AdamW steps on augmented random batches of ``data`` (slices drawn with ``probabilities``,
+    default uniform) with a cosine learning-rate decay; before each evaluation the batch-norm statistics are
+    re-estimated on ``calibration_images``."""
     if steps <= 0:
         return
     generator = torch.Generator().manual_seed(config.seed + len(stage))
@@ -168,7 +188,8 @@ def run_stage(
     head = net.body if isinstance(net.body, MultitaskUNet) else None
     for step in range(1, steps + 1):
         net.train()
-        images, labels = augment(*batch_of(data, rng.integers(0, len(data.images), config.batch_size)), generator)
+        index = rng.choice(len(data.images), config.batch_size, p=probabilities)
+        images, labels = augment(*batch_of(data, index), generator)
         logits = net(images)
         loss = loss_fn(logits, labels)
         if head is not None and stage == "finetune":
@@ -186,13 +207,17 @@ def run_stage(
 
 def train_lesion_net(
     net: SpaceToDepthSegmenter, train: SliceSet, val: SliceSet, binary: SliceSet, config: TrainConfig,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print, real: list[SliceSet] | None = None, checkpoint_file: Path | None = None,
 ) -> TrainLog:
     """Pre-train on binary slices (``binary`` + ``train`` as lesion vs not), fine-tune on ``train`` (3 classes).
 
+    ``real`` (three-class real-CT slice sets: lesion-free crops, synthetic lesions) join both stages; in
+    fine-tuning they are ``config.real_share`` of the draws, each set an equal part of that share.
     Validation Dice on ``val`` is logged every ``config.eval_every`` steps; the last weights (batch-norm
-    statistics re-estimated on the MedSeg training slices) are kept: no checkpoint picking on the validation set.
+    statistics re-estimated on the training slices) are kept: no checkpoint picking on the validation set.
+    With ``checkpoint_file`` the weights are saved there at each evaluation and at the end.
     """
+    real = [s for s in (real or []) if len(s.names)]
     torch.manual_seed(config.seed)
     history = TrainLog()
     start = time.perf_counter()
@@ -202,16 +227,21 @@ def train_lesion_net(
         elapsed = time.perf_counter() - start
         history.rows.append((stage, step, elapsed, scores))
         log(f"{stage} step {step} {elapsed:.0f}s " + " ".join(f"{k}={v:.3f}" for k, v in scores.items()))
+        if checkpoint_file is not None:
+            checkpoint_file.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"stage": stage, "step": step, "net": net.state_dict()}, checkpoint_file)
 
-    pretrain = SliceSet(
-        np.concatenate([binary.images, train.images]),
-        np.concatenate([binary.labels, (train.labels > 0).astype(np.uint8)]),
-        binary.names + train.names,
-    )
+    as_binary = [SliceSet(s.images, (s.labels > 0).astype(np.uint8), s.names) for s in [train, *real]]
+    pretrain = concatenate([binary, *as_binary])
+    finetune = concatenate([train, *real])
+    share = config.real_share if real else 0.0
+    probabilities = mixture_probabilities([len(s.names) for s in [train, *real]],
+                                          [1.0 - share] + [share / max(len(real), 1)] * len(real))
+    calibration = np.concatenate([train.images, *(s.images[:: max(1, len(s.names) // 40)] for s in real)])
     weight = config.lesion_class_weight
     run_stage(net, pretrain, lambda logits, labels: binary_loss(logits, labels, weight), config.pretrain_steps,
-              config, evaluate, "pretrain", train.images)
+              config, evaluate, "pretrain", calibration)
     dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, weight=torch.tensor([1.0, weight, weight]))
-    run_stage(net, train, lambda logits, labels: dice_ce(logits, labels[:, None]), config.finetune_steps, config,
-              evaluate, "finetune", train.images)
+    run_stage(net, finetune, lambda logits, labels: dice_ce(logits, labels[:, None]), config.finetune_steps, config,
+              evaluate, "finetune", calibration, probabilities)
     return history
