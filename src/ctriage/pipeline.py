@@ -165,7 +165,7 @@ def analyze_volume(
             lungs = LungMasks(*(upsample(m, 1, volume.shape, k) for m in (lungs.left, lungs.right)), volume.spacing_mm)
             lesion_labels = upsample(lesion_labels, 1, volume.shape, k)
         severity = quantify(lungs.left, lungs.right, lesion_labels, volume.spacing_mm)
-    warnings = []
+    warnings = list(volume.warnings)  # what the loader found that limits this input
     if severity.lung_ml < MIN_PLAUSIBLE_LUNG_ML:
         warnings.append(
             f"only {severity.lung_ml:.0f} mL of lung found: not a chest CT, or the lungs are only partly in the "

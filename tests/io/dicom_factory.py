@@ -9,6 +9,13 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 
+def _pixels(shape: tuple[int, int], value: int) -> np.ndarray:
+    """A uint16 slice of ``value`` with air (0) in its last quarter of rows."""
+    pixels = np.full(shape, value, np.uint16)
+    pixels[shape[0] - shape[0] // 4 :] = 0
+    return pixels
+
+
 def write_series(
     folder: Path,
     z_positions_mm: list[float],
@@ -19,7 +26,8 @@ def write_series(
     series_uid: str | None = None,
     study_uid: str | None = None,
 ) -> list[Path]:
-    """Write one single-frame series, pixel value = 1000 + 10 * slice index (HU = value - 1024)."""
+    """Write one single-frame series, pixel value = 1000 + 10 * slice index (HU = value - 1024), except air
+    (stored 0, -1024 HU) in the last quarter of the rows, as a CT has around the body."""
     folder.mkdir(parents=True, exist_ok=True)
     series_uid = series_uid or generate_uid()
     study_uid = study_uid or generate_uid()
@@ -55,7 +63,7 @@ def write_series(
         ds.PixelRepresentation = 0
         ds.RescaleSlope = 1
         ds.RescaleIntercept = -1024
-        ds.PixelData = np.full(shape, 1000 + 10 * int(k), np.uint16).tobytes()
+        ds.PixelData = _pixels(shape, 1000 + 10 * int(k)).tobytes()
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
@@ -63,7 +71,8 @@ def write_series(
 
 def write_multiframe(path: Path, z_positions_mm: list[float], shape: tuple[int, int] = (24, 24)) -> Path:
     """Write an Enhanced CT (multi-frame) object: frame k has pixel value 1000 + 10 k, frames stored in the
-    order given (positions need not be sorted), rescale intercept -1024 in a per-frame functional group."""
+    order given (positions need not be sorted), rescale intercept -1024 in a per-frame functional group; air
+    (stored 0) in the last quarter of the rows."""
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
     from pydicom.uid import EnhancedCTImageStorage
@@ -101,6 +110,6 @@ def write_multiframe(path: Path, z_positions_mm: list[float], shape: tuple[int, 
         frame.PixelValueTransformationSequence = Sequence([transform])
         frames.append(frame)
     ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
-    ds.PixelData = np.stack([np.full(shape, 1000 + 10 * k, np.uint16) for k in range(len(z_positions_mm))]).tobytes()
+    ds.PixelData = np.stack([_pixels(shape, 1000 + 10 * k) for k in range(len(z_positions_mm))]).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path

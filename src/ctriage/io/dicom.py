@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -10,12 +11,16 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder, pixel_array
+from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes
 
+from ctriage.io.checks import check_hounsfield, slice_warnings
 from ctriage.io.decode import SliceSource, decode_series, to_hu
 from ctriage.io.errors import (
     CorruptFileError,
     EmptyInputError,
+    HeaderError,
     IncompleteSeriesError,
     NotCTError,
     NotVolumeError,
@@ -28,6 +33,11 @@ MIN_SLICES = 10
 GAP_TOLERANCE = 0.05  # relative deviation of a slice gap from the median gap that is still uniform
 # Decoders in order of speed (measured on a JPEG-LS study: CharLS 1.1 s, libjpeg 4.4 s per 133 slices).
 PREFERRED_PLUGINS = ("pyjpegls", "pylibjpeg", "gdcm", "pillow")
+ORIENTATION_TOLERANCE = 1e-3  # direction cosines of the slices of one series agree within this
+PIXEL_TAGS = ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored", "PixelRepresentation",
+              "PhotometricInterpretation")  # the pixel description every slice needs to be decoded
+# JPEG, JPEG-LS and JPEG 2000 code streams end with the marker FF D9 (EOI / EOC): a cut stream does not
+ENDS_WITH_EOI = frozenset(JPEGTransferSyntaxes + JPEGLSTransferSyntaxes + JPEG2000TransferSyntaxes)
 FirstSlices = Callable[[tuple[float, float, float]], slice]  # voxel spacing (z, y, x) mm -> z slices to decode now
 
 
@@ -52,23 +62,143 @@ def read_header(path: Path) -> DicomHeader:
         return DicomHeader(path, ds, handle.tell())
 
 
+def header_floats(ds: pydicom.Dataset, keyword: str, count: int, path: Path) -> tuple[float, ...] | None:
+    """The ``count`` numbers of the header field ``keyword`` (None when absent or empty); raises
+    :class:`HeaderError` naming the field when its value is not ``count`` finite numbers."""
+    try:
+        value = getattr(ds, keyword, None)
+        if value is None or value == "":
+            return None
+        numbers = tuple(float(v) for v in (value if isinstance(value, MultiValue | list | tuple) else [value]))
+    except Exception as exc:  # pydicom raises many types for damaged values
+        raise HeaderError(f"{path}: unreadable {keyword} ({exc})") from exc
+    if len(numbers) != count or not all(np.isfinite(numbers)):
+        raise HeaderError(f"{path}: {keyword} should be {count} finite numbers, not {value!r}")
+    return numbers
+
+
+def transfer_syntax(header: DicomHeader) -> pydicom.uid.UID:
+    """The transfer syntax of the file of ``header``; :class:`HeaderError` when its file meta lacks it."""
+    syntax = getattr(header.ds.file_meta, "TransferSyntaxUID", None)
+    if not syntax:
+        raise HeaderError(f"{header.path}: the file meta information has no TransferSyntaxUID")
+    return syntax
+
+
+def _rescale(ds: pydicom.Dataset, path: Path) -> tuple[float, float]:
+    """(slope, intercept) from stored value to HU: (1, 0) where the tags are absent (the HU check after loading
+    refuses raw values); :class:`HeaderError` for a zero or unreadable slope."""
+    slope = (header_floats(ds, "RescaleSlope", 1, path) or (1.0,))[0]
+    intercept = (header_floats(ds, "RescaleIntercept", 1, path) or (0.0,))[0]
+    if slope == 0:
+        raise HeaderError(f"{path}: RescaleSlope is 0: stored values cannot be turned into HU")
+    return slope, intercept
+
+
 def slice_source(header: DicomHeader) -> SliceSource:
-    """What a decoding worker needs to decode the single-frame slice of ``header`` without parsing it again."""
-    ds, syntax = header.ds, header.ds.file_meta.TransferSyntaxUID
+    """What a decoding worker needs to decode the single-frame slice of ``header`` without parsing it again
+    (its pixel description is checked by :func:`check_slice_header`)."""
+    ds, syntax = header.ds, transfer_syntax(header)
     description: dict[str, int | str] = {
         "rows": int(ds.Rows), "columns": int(ds.Columns), "samples_per_pixel": int(ds.SamplesPerPixel),
         "bits_allocated": int(ds.BitsAllocated), "bits_stored": int(ds.BitsStored),
         "pixel_representation": int(ds.PixelRepresentation),
         "photometric_interpretation": str(ds.PhotometricInterpretation), "number_of_frames": 1,
     }
+    slope, intercept = _rescale(ds, header.path)
     return SliceSource(
         path=header.path,
         pixel_offset=header.pixel_offset if syntax.is_encapsulated and not syntax.is_deflated else None,
         transfer_syntax=str(syntax),
         description=description,
-        slope=float(getattr(ds, "RescaleSlope", 1) or 1),
-        intercept=float(getattr(ds, "RescaleIntercept", 0) or 0),
+        slope=slope,
+        intercept=intercept,
     )
+
+
+def check_slice_header(header: DicomHeader, shape: tuple[int, int] | None = None) -> None:
+    """Refuse a slice whose pixel description (``PIXEL_TAGS``) is missing or invalid, or whose rows x columns
+    differ from ``shape``; then check its pixel data's framing (:func:`check_pixel_data`)."""
+    ds, path = header.ds, header.path
+    try:
+        values = {tag: getattr(ds, tag) for tag in PIXEL_TAGS}
+        numbers = {tag: int(values[tag]) for tag in PIXEL_TAGS[:-1]}
+    except AttributeError as exc:
+        raise CorruptFileError(f"{path}: the slice lacks its pixel description ({exc})") from exc
+    except (TypeError, ValueError) as exc:
+        raise HeaderError(f"{path}: invalid pixel description ({exc})") from exc
+    if min(numbers["Rows"], numbers["Columns"], numbers["SamplesPerPixel"], numbers["BitsStored"]) < 1 or (
+        numbers["BitsAllocated"] not in (8, 16, 32) or numbers["BitsStored"] > numbers["BitsAllocated"]
+    ):
+        raise HeaderError(f"{path}: invalid pixel description {numbers}")
+    if numbers["SamplesPerPixel"] != 1 or not str(values["PhotometricInterpretation"]).startswith("MONOCHROME"):
+        raise NotCTError(
+            f"{path}: a colour image ({values['PhotometricInterpretation']}, {numbers['SamplesPerPixel']} samples "
+            "per pixel), not CT attenuation values"
+        )
+    if shape is not None and (numbers["Rows"], numbers["Columns"]) != tuple(shape):
+        raise NotVolumeError(
+            f"{path}: slice of {numbers['Rows']} x {numbers['Columns']} pixels in a series of "
+            f"{shape[0]} x {shape[1]} pixel slices"
+        )
+    _rescale(ds, path)
+    check_pixel_data(header)
+
+
+def _element_at(handle, offset: int, little: bool, implicit: bool) -> tuple[int, int, int] | None:
+    """(tag, value length, value offset) of the data element at ``offset`` of an open DICOM file; None at its end."""
+    handle.seek(offset)
+    head = handle.read(12)
+    if len(head) < 8:
+        return None
+    endian = "<" if little else ">"
+    group, element = struct.unpack(endian + "HH", head[:4])
+    if implicit or group == 0xFFFE:  # items and delimiters have no VR
+        return (group << 16) | element, struct.unpack(endian + "I", head[4:8])[0], offset + 8
+    if len(head) < 12:
+        return None
+    return (group << 16) | element, struct.unpack(endian + "I", head[8:12])[0], offset + 12
+
+
+def check_pixel_data(header: DicomHeader) -> None:
+    """Refuse a file whose Pixel Data is absent, shorter than its pixel description needs, or whose encapsulated
+    fragments are cut (no sequence delimiter, or a JPEG / JPEG-LS / JPEG 2000 code stream without its end
+    marker). Reads a few bytes per file, no decoding: damage inside a compressed code stream shows only when that
+    slice is decoded (:class:`CorruptFileError` naming the file, whenever that happens)."""
+    ds, path = header.ds, header.path
+    syntax = transfer_syntax(header)
+    if syntax.is_deflated or header.pixel_offset is None:  # the whole data set is compressed: checked on decoding
+        return
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        element = _element_at(handle, header.pixel_offset, syntax.is_little_endian, syntax.is_implicit_VR)
+        if element is None or element[0] != 0x7FE00010:
+            raise CorruptFileError(f"{path}: no pixel data (the file is cut short or damaged)")
+        _, length, start = element
+        if length != 0xFFFFFFFF:  # native pixel data
+            frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+            needed = int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel) * int(ds.BitsAllocated) // 8 * frames
+            if syntax.is_encapsulated or min(length, size - start) < needed:
+                raise CorruptFileError(
+                    f"{path}: pixel data cut short: {min(length, size - start)} of {needed} bytes"
+                )
+            return
+        fragments, offset = [], start
+        while True:
+            item = _element_at(handle, offset, syntax.is_little_endian, True)
+            if item is None or item[0] not in (0xFFFEE000, 0xFFFEE0DD) or item[2] + item[1] > size:
+                raise CorruptFileError(f"{path}: compressed pixel data cut short or damaged (file of {size} bytes)")
+            if item[0] == 0xFFFEE0DD:
+                break
+            fragments.append((item[2], item[1]))
+            offset = item[2] + item[1]
+        if len(fragments) < 2 or fragments[-1][1] == 0:  # the first item is the offset table
+            raise CorruptFileError(f"{path}: compressed pixel data holds no image")
+        if syntax in ENDS_WITH_EOI:
+            value_end, length = fragments[-1][0] + fragments[-1][1], fragments[-1][1]
+            handle.seek(value_end - min(length, 4))
+            if not handle.read(min(length, 4)).rstrip(b"\0").endswith(b"\xff\xd9"):
+                raise CorruptFileError(f"{path}: compressed pixel data cut short (no end-of-image marker)")
 
 
 def may_hold_image(path: Path) -> bool:
@@ -111,47 +241,81 @@ def read_headers(
 
 
 def _is_localizer(ds: pydicom.Dataset) -> bool:
-    image_type = [str(v).upper() for v in getattr(ds, "ImageType", [])]
+    image_type = [str(v).upper() for v in getattr(ds, "ImageType", None) or []]
     return "LOCALIZER" in image_type or "SCOUT" in image_type or "TOPOGRAM" in image_type
 
 
-def _orientation(ds: pydicom.Dataset) -> np.ndarray | None:
-    iop = getattr(ds, "ImageOrientationPatient", None)
+def _orientation(ds: pydicom.Dataset, path: Path) -> np.ndarray | None:
+    """The row and column direction cosines (2 x 3) of an image (single-frame, or shared by the frames of a
+    multi-frame one); None when absent, :class:`HeaderError` when not two unit vectors at right angles."""
+    iop = header_floats(ds, "ImageOrientationPatient", 6, path)
     if iop is None:
-        shared = getattr(ds, "SharedFunctionalGroupsSequence", None)
         try:
-            iop = shared[0].PlaneOrientationSequence[0].ImageOrientationPatient
+            shared = ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
         except (AttributeError, IndexError, TypeError):
             return None
-    return np.asarray([float(v) for v in iop]).reshape(2, 3)
+        iop = header_floats(shared, "ImageOrientationPatient", 6, path)
+        if iop is None:
+            return None
+    orientation = np.asarray(iop).reshape(2, 3)
+    norms = np.linalg.norm(orientation, axis=1)
+    if np.any(np.abs(norms - 1) > 0.01) or abs(float(orientation[0] @ orientation[1])) > 0.01:
+        raise HeaderError(f"{path}: ImageOrientationPatient {list(iop)} is not two unit vectors at right angles")
+    return orientation
 
 
-def choose_ct_series(headers: list[DicomHeader], source: Path) -> list[DicomHeader]:
-    """Pick the axial CT series with the most images; reject non-CT inputs and localizers with a clear reason."""
+def _frames(header: DicomHeader) -> int:
+    try:
+        return max(int(getattr(header.ds, "NumberOfFrames", 1) or 1), 1)
+    except (TypeError, ValueError) as exc:
+        raise HeaderError(f"{header.path}: invalid NumberOfFrames ({exc})") from exc
+
+
+def _series_images(members: list[DicomHeader]) -> tuple[list[DicomHeader], list[str], str]:
+    """The images of one CT series that can form the axial volume, the warnings about images left out, and why
+    none can ("" when some can). Localizers (by ImageType) are left out, whatever the file order."""
+    members = sorted(members, key=lambda h: str(h.path))
+    images = [h for h in members if not _is_localizer(h.ds)]
+    warnings = []
+    if len(images) < len(members):
+        left_out = len(members) - len(images)
+        warnings.append(f"{left_out} localizer image{'s' * (left_out > 1)} in the CT series left out")
+    if not images:
+        return [], warnings, f"series {members[0].series_uid}: localizer images only"
+    orientations = [_orientation(h.ds, h.path) for h in images]
+    if all(o is None for o in orientations):
+        return [], warnings, f"series {images[0].series_uid}: no ImageOrientationPatient, slice geometry unknown"
+    normal = np.cross(*next(o for o in orientations if o is not None))
+    if abs(normal[2]) < 0.8:
+        return [], warnings, f"series {images[0].series_uid}: not axial (a sagittal or coronal reformat)"
+    return images, warnings, ""
+
+
+def choose_ct_series(headers: list[DicomHeader], source: Path) -> tuple[list[DicomHeader], list[str]]:
+    """Pick the axial CT series with the most images (localizer images left out, with a warning); reject non-CT
+    inputs, localizers, reformats and series without orientation with a reason that does not depend on file
+    order. Returns the series' images and the warnings."""
     if not headers:
         raise EmptyInputError(f"{source}: no DICOM files found")
     series: dict[str, list[DicomHeader]] = defaultdict(list)
     for header in headers:
-        series[header.series_uid].append(header)
-    modalities = sorted({str(getattr(h.ds, "Modality", "?")) for h in headers})
-    candidates = []
-    for members in series.values():
-        first = members[0].ds
-        if str(getattr(first, "Modality", "")) != "CT" or _is_localizer(first):
-            continue
-        orientation = _orientation(first)
-        if orientation is None:
-            continue
-        normal = np.cross(orientation[0], orientation[1])
-        if abs(normal[2]) < 0.8:  # sagittal / coronal reformats are not the axial acquisition
-            continue
-        frames = sum(int(getattr(h.ds, "NumberOfFrames", 1) or 1) for h in members)
-        candidates.append((frames, members))
+        if str(getattr(header.ds, "Modality", "")) == "CT":
+            series[header.series_uid].append(header)
+    if not series:
+        modalities = sorted({str(getattr(h.ds, "Modality", "") or "none") for h in headers})
+        raise NotCTError(f"{source}: no CT images (modality {', '.join(modalities)}); ctriage reads chest CT only")
+    candidates, reasons = [], []
+    for uid in sorted(series):
+        images, warnings, reason = _series_images(series[uid])
+        if reason:
+            reasons.append(reason)
+        else:
+            candidates.append((sum(_frames(h) for h in images), uid, images, warnings))
     if not candidates:
-        if "CT" not in modalities:
-            raise NotCTError(f"{source}: no CT images (modality {', '.join(modalities)}); ctriage reads chest CT only")
-        raise NotCTError(f"{source}: the CT images are localizers or non-axial reformats, no axial CT series found")
-    return max(candidates, key=lambda item: item[0])[1]
+        error = HeaderError if any("ImageOrientationPatient" in r for r in reasons) else NotCTError
+        raise error(f"{source}: no axial CT series: {'; '.join(reasons)}")
+    _, _, images, warnings = max(candidates, key=lambda item: item[:2])
+    return images, warnings
 
 
 def _meta(ds: pydicom.Dataset, source: Path) -> StudyMeta:
@@ -213,93 +377,143 @@ def _check_gaps(positions_mm: np.ndarray, source: Path) -> float:
     return float(np.mean(gaps))
 
 
-def _load_single_frame_series(
-    members: list[DicomHeader], source: Path, workers: int | None, first: FirstSlices | None
-) -> CTVolume:
-    orientation = _orientation(members[0].ds)
+def _pixel_spacing(ds: pydicom.Dataset, path: Path) -> tuple[float, float]:
+    """(row, column) pixel spacing in mm; :class:`HeaderError` when absent, zero or negative."""
+    spacing = header_floats(ds, "PixelSpacing", 2, path)
+    if spacing is None:
+        raise HeaderError(f"{path}: no PixelSpacing: the pixel size, and so every volume in mL, is unknown")
+    if min(spacing) <= 0:
+        raise HeaderError(f"{path}: PixelSpacing {list(spacing)} mm: a pixel size must be positive")
+    return spacing[0], spacing[1]
+
+
+def _thickness_mm(ds: pydicom.Dataset | None, path: Path) -> float | None:
+    """SliceThickness in mm; None when absent, unreadable or not positive (the slice gap stands in for it)."""
+    try:
+        thickness = header_floats(ds, "SliceThickness", 1, path) if ds is not None else None
+    except HeaderError:
+        return None
+    return thickness[0] if thickness and thickness[0] > 0 else None
+
+
+def _slice_positions(members: list[DicomHeader], orientation: np.ndarray) -> np.ndarray:
+    """Each slice's position (mm) along the slice normal, after checking every slice's header: orientation,
+    position, pixel spacing and pixel description as the series' first slice, pixel data framing."""
+    first = members[0]
+    check_slice_header(first)
+    shape, spacing = (int(first.ds.Rows), int(first.ds.Columns)), _pixel_spacing(first.ds, first.path)
     normal = np.cross(orientation[0], orientation[1])
     positions = []
     for header in members:
-        ipp = getattr(header.ds, "ImagePositionPatient", None)
+        own = _orientation(header.ds, header.path)
+        if own is None:
+            raise HeaderError(f"{header.path}: slice has no ImageOrientationPatient")
+        if np.abs(own - orientation).max() > ORIENTATION_TOLERANCE:
+            raise IncompleteSeriesError(
+                f"{header.path}: slice orientation {own.ravel().round(3).tolist()} differs from the series' "
+                f"{orientation.ravel().round(3).tolist()} (another acquisition or a reformat mixed in)"
+            )
+        ipp = header_floats(header.ds, "ImagePositionPatient", 3, header.path)
         if ipp is None:
-            raise IncompleteSeriesError(f"{header.path}: slice has no ImagePositionPatient")
-        positions.append(float(np.dot(normal, [float(v) for v in ipp])))
+            raise HeaderError(f"{header.path}: slice has no ImagePositionPatient")
+        if not np.allclose(_pixel_spacing(header.ds, header.path), spacing, rtol=1e-3):
+            raise IncompleteSeriesError(
+                f"{header.path}: pixel spacing {header.ds.PixelSpacing} differs from the series' {list(spacing)} mm"
+            )
+        check_slice_header(header, shape)
+        positions.append(float(np.dot(normal, ipp)))
+    return np.asarray(positions)
+
+
+def _load_single_frame_series(
+    members: list[DicomHeader], source: Path, workers: int | None, first: FirstSlices | None, warnings: list[str]
+) -> CTVolume:
+    orientation = next(o for o in (_orientation(h.ds, h.path) for h in members) if o is not None)
+    normal = np.cross(orientation[0], orientation[1])
+    positions = _slice_positions(members, orientation)
     order = np.argsort(positions)
     members = [members[i] for i in order]
-    positions_mm = np.asarray(positions)[order]
+    positions_mm = positions[order]
     slice_gap = _check_gaps(positions_mm, source)
     step = normal
     if normal[2] > 0:  # stack head to feet, as canonical z runs, so that reorienting needs no copy of the volume
         members, step = members[::-1], -normal
     top = members[0].ds
-    plugin = _decoding_plugin(top.file_meta.TransferSyntaxUID)
-
-    def source_of(index: int) -> SliceSource:  # read from the header only for the slices decoded
-        try:
-            return slice_source(members[index])
-        except AttributeError as exc:
-            raise CorruptFileError(f"{members[index].path}: the slice lacks its pixel description ({exc})") from exc
-
-    row_mm, col_mm = (float(v) for v in top.PixelSpacing)
-    origin = np.asarray([float(v) for v in top.ImagePositionPatient])
+    warnings = warnings + slice_warnings(slice_gap, _thickness_mm(top, members[0].path), source)
+    plugin = _decoding_plugin(transfer_syntax(members[0]))
+    row_mm, col_mm = _pixel_spacing(top, members[0].path)
+    origin = np.asarray(header_floats(top, "ImagePositionPatient", 3, members[0].path))
     # array axes (slice, row, column): along a row index we move down a column, i.e. along IOP[3:6]
     affine = affine_from_lps(origin, np.stack([step, orientation[1], orientation[0]]), (slice_gap, row_mm, col_mm))
     shape = (len(members), int(top.Rows), int(top.Columns))
 
     def decoder(indices: list[int]) -> Iterator[np.ndarray]:
-        sources = [source_of(i) for i in indices]
-        for index, hu_slice in zip(indices, decode_series(sources, plugin, workers), strict=True):
-            if hu_slice.shape != shape[1:]:
-                raise NotVolumeError(
-                    f"{members[index].path}: slice of shape {hu_slice.shape} in a series of {shape[1:]} slices"
-                )
-            yield hu_slice
+        sources = [slice_source(members[i]) for i in indices]  # pixel descriptions checked above
+        yield from decode_series(sources, plugin, workers)
 
-    missing = np.zeros(len(members), bool)
+    now = slice(None)
     if first is not None and is_canonical(affine):  # stack indices are the volume's z: the rest can wait
-        missing[:] = True
-        missing[first((slice_gap, row_mm, col_mm))] = False
+        now = first((slice_gap, row_mm, col_mm))
+    missing = np.ones(len(members), bool)
+    missing[now] = False
     stack = np.empty(shape, np.int16)
-    now = [int(i) for i in np.flatnonzero(~missing)]
-    for index, hu_slice in zip(now, decoder(now), strict=True):
+    decoded = [int(i) for i in np.flatnonzero(~missing)]
+    for index, hu_slice in zip(decoded, decoder(decoded), strict=True):
         stack[index] = hu_slice
+    check_hounsfield(stack[now], source)
     hu, affine, spacing = to_canonical(stack, affine)  # the stack itself where slices are missing
     return CTVolume(hu=hu, spacing_mm=spacing, affine=affine, meta=_meta(top, source),
-                    slice_files=[h.path for h in members], missing=missing, decoder=decoder)
+                    slice_files=[h.path for h in members], missing=missing, decoder=decoder, warnings=warnings)
 
 
-def _load_multiframe(header: DicomHeader, source: Path) -> CTVolume:
-    ds = pydicom.dcmread(header.path)
+def _functional_group(ds: pydicom.Dataset, frame: pydicom.Dataset, name: str) -> pydicom.Dataset | None:
+    """The item of the functional group ``name`` of one frame: its own, else the shared one; None when neither."""
+    for groups in (frame, getattr(ds, "SharedFunctionalGroupsSequence", [None])[0]):
+        sequence = getattr(groups, name, None) if groups is not None else None
+        if sequence:
+            return sequence[0]
+    return None
+
+
+def _load_multiframe(header: DicomHeader, source: Path, warnings: list[str]) -> CTVolume:
+    path = header.path
+    check_slice_header(header)
+    ds = pydicom.dcmread(path)
     try:
-        plugin = _decoding_plugin(ds.file_meta.TransferSyntaxUID)
+        plugin = _decoding_plugin(transfer_syntax(header))
         frames = pixel_array(ds, decoding_plugin=plugin) if plugin else ds.pixel_array
     except UnsupportedTransferSyntaxError:
         raise
     except Exception as exc:
-        raise CorruptFileError(f"{header.path}: pixel data cannot be decoded ({exc})") from exc
-    shared = ds.SharedFunctionalGroupsSequence[0]
-    per_frame = ds.PerFrameFunctionalGroupsSequence
-    orientation = _orientation(ds)
+        raise CorruptFileError(f"{path}: pixel data cannot be decoded ({exc})") from exc
+    per_frame = getattr(ds, "PerFrameFunctionalGroupsSequence", None) or []
+    if len(per_frame) != len(frames):
+        raise HeaderError(f"{path}: {len(per_frame)} per-frame functional groups for {len(frames)} frames")
+    orientation = _orientation(ds, path)
     normal = np.cross(orientation[0], orientation[1])
-    positions = np.asarray([[float(v) for v in f.PlanePositionSequence[0].ImagePositionPatient] for f in per_frame])
+    positions, rescales = [], []
+    for index, frame in enumerate(per_frame):
+        plane = _functional_group(ds, frame, "PlanePositionSequence")
+        ipp = header_floats(plane, "ImagePositionPatient", 3, path) if plane is not None else None
+        if ipp is None:
+            raise HeaderError(f"{path}: frame {index + 1} has no ImagePositionPatient")
+        positions.append(ipp)
+        transform = _functional_group(ds, frame, "PixelValueTransformationSequence")
+        rescales.append(_rescale(transform if transform is not None else ds, path))  # legacy: top-level tags
+    positions = np.asarray(positions)
     projected = positions @ normal
     order = np.argsort(projected)
     slice_gap = _check_gaps(projected[order], source)
-
-    def group(frame_index: int, name: str):
-        frame = per_frame[frame_index]
-        return getattr(frame, name, None) or getattr(shared, name)
-
-    slices = []
-    for index in order:
-        transform = group(int(index), "PixelValueTransformationSequence")[0]
-        slices.append(to_hu(frames[index], float(transform.RescaleSlope), float(transform.RescaleIntercept)))
-    row_mm, col_mm = (float(v) for v in group(0, "PixelMeasuresSequence")[0].PixelSpacing)
+    measures = _functional_group(ds, per_frame[0], "PixelMeasuresSequence")
+    row_mm, col_mm = _pixel_spacing(measures if measures is not None else ds, path)
+    warnings = warnings + slice_warnings(slice_gap, _thickness_mm(measures, path), source)
+    stack = np.stack([to_hu(frames[i], *rescales[i]) for i in order])
+    check_hounsfield(stack, source)
     affine = affine_from_lps(
         positions[order[0]], np.stack([normal, orientation[1], orientation[0]]), (slice_gap, row_mm, col_mm)
     )
-    hu, affine, spacing = to_canonical(np.stack(slices), affine)
-    return CTVolume(hu=hu, spacing_mm=spacing, affine=affine, meta=_meta(ds, source))
+    hu, affine, spacing = to_canonical(stack, affine)
+    return CTVolume(hu=hu, spacing_mm=spacing, affine=affine, meta=_meta(ds, source), warnings=warnings)
 
 
 def load_dicom_series(
@@ -314,11 +528,13 @@ def load_dicom_series(
     Slices are ordered by their position along the slice normal (never by file name), rescale slope and
     intercept are applied, and pixel data are decoded by ``workers`` processes (default: one per core). With
     ``first`` (voxel spacing (z, y, x) mm -> the z slices to decode now), the other slices of a series stored
-    in canonical order are decoded when they are first read (see :class:`CTVolume`).
+    in canonical order are decoded when they are first read (see :class:`CTVolume`); every slice's header and
+    pixel data framing are checked before anything is decoded, and the decoded values must look like HU.
     """
-    members = choose_ct_series(read_headers(files, headers)[0], source)
-    if len(members) == 1 and int(getattr(members[0].ds, "NumberOfFrames", 1) or 1) > 1:
-        return _load_multiframe(members[0], source)
+    members, warnings = choose_ct_series(read_headers(files, headers)[0], source)
+    if len(members) == 1 and _frames(members[0]) > 1:
+        return _load_multiframe(members[0], source, warnings)
     if len(members) == 1:
+        check_slice_header(members[0])  # a damaged file is named as such, not as a 2D image
         raise NotVolumeError(f"{source}: a single 2D CT image; a 3D series of slices is needed")
-    return _load_single_frame_series(members, source, workers, first)
+    return _load_single_frame_series(members, source, workers, first, warnings)

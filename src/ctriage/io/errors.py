@@ -31,3 +31,23 @@ class NotVolumeError(InputError):
 
 class UnsupportedTransferSyntaxError(InputError):
     """No installed decoder can read the series' compressed pixel data."""
+
+
+class HeaderError(InputError):
+    """A DICOM / NIfTI header field the loader needs (geometry, pixel description, rescale) is missing or invalid."""
+
+
+class NonFiniteValuesError(InputError):
+    """The image holds NaN or infinite values, which have no Hounsfield unit."""
+
+
+class NotHounsfieldError(InputError):
+    """The values do not look like CT Hounsfield units (no air, e.g. raw values without their rescale)."""
+
+
+class SliceThicknessError(InputError):
+    """The slices are too thick or too far apart for lesions to be measured."""
+
+
+class OutputError(InputError):
+    """The output folder cannot be created or written, or its disk has too little free space."""

@@ -43,6 +43,8 @@ class CTVolume:
     ``spacing_mm`` is (z, y, x) in mm. ``affine`` maps (z, y, x) voxel indices to patient LPS coordinates in mm.
     ``slice_files`` names the DICOM file of each z slice when the source was a single-frame DICOM series.
 
+    ``warnings`` says what limits the analysis of this input (thick slices, images left out), in words for a user.
+
     A volume can be loaded with some slices not decoded yet (``missing``, bool (z,), and their ``decoder``): they
     are decoded the first time ``hu`` is read, and :meth:`hu_at` reads chosen slices decoding only those.
     """
@@ -56,6 +58,7 @@ class CTVolume:
         slice_files: list[Path] | None = None,
         missing: np.ndarray | None = None,
         decoder: SliceDecoder | None = None,
+        warnings: list[str] | None = None,
     ) -> None:
         if missing is not None and missing.any() and decoder is None:
             raise ValueError("missing slices need a decoder")
@@ -66,6 +69,7 @@ class CTVolume:
         self.slice_files = slice_files
         self._missing = np.zeros(hu.shape[0], bool) if missing is None else missing.copy()
         self._decoder = decoder
+        self.warnings = list(warnings or [])
 
     def __repr__(self) -> str:
         return f"CTVolume(shape={self.shape}, spacing_mm={self.spacing_mm}, meta={self.meta})"
