@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ctriage import __version__
 from ctriage.evaluate.cli import app as evaluate_app
-from ctriage.io import InputError, find_studies
+from ctriage.io import InputError, StudySource, find_studies
 from ctriage.io.decode import start_workers
 from ctriage.service.cli import app as service_app
 from ctriage.train.cli import app as train_app
@@ -27,6 +29,7 @@ app.add_typer(service_app)
 
 console = Console(stderr=True, soft_wrap=True)
 EXIT_BAD_INPUT = 2
+EXIT_INTERNAL_ERROR = 1
 STAGES = ("load", "lungs", "lesions", "identification", "severity", "report")
 
 
@@ -51,17 +54,19 @@ def analyze(
 ) -> None:
     """Analyse chest CT studies: lungs, lesions, COVID-19 probability, severity; write report.json and pictures."""
     from ctriage.pipeline import analyze_study
-    from ctriage.report import write_outputs
+    from ctriage.report import prepare_outdir, write_outputs
 
     try:
         studies = find_studies(path)
+        prepare_outdir(outdir)  # before any analysis: writable, enough free space
     except InputError as exc:
         raise _fail(str(exc)) from None
     if lesion_mask is not None and len(studies) > 1:
         raise _fail("--lesion-mask applies to a single study, but the input holds several")
     if lesion_mask is not None and not lesion_mask.exists():
         raise _fail(f"{lesion_mask}: no such lesion mask file")
-    failures = 0
+    targets = [outdir] if len(studies) == 1 else [outdir / name for name in output_names(studies)]
+    failures, crashes = 0, 0
     start_workers()  # before the progress display starts its thread: the decoding workers can be forked
     with Progress(
         TextColumn("{task.description}"),
@@ -71,14 +76,14 @@ def analyze(
         console=console,
         transient=False,
     ) as progress:
-        for study in studies:
+        for study, target in zip(studies, targets, strict=True):
             task = progress.add_task(study.label, total=len(STAGES), stage="")
 
             def advance(stage: str, task=task) -> None:
                 progress.update(task, stage=stage, completed=STAGES.index(stage))
 
-            target = outdir if len(studies) == 1 else outdir / _safe_name(study.label)
             try:
+                prepare_outdir(target)  # an earlier report there is removed before the analysis, not after
                 result = analyze_study(study, lesion_mask=lesion_mask, progress=advance)
                 advance("report")
                 write_outputs(result, target)
@@ -86,6 +91,11 @@ def analyze(
                 failures += 1
                 progress.update(task, stage="[red]failed")
                 console.print(f"[bold red]error:[/] {exc}")
+                continue
+            except Exception as exc:  # a bug: one line naming the study, not a traceback; the other studies go on
+                crashes += 1
+                progress.update(task, stage="[red]failed")
+                console.print(f"[bold red]internal error:[/] {study.label}: {type(exc).__name__}: {exc}")
                 continue
             progress.update(task, stage="done", completed=len(STAGES))
             severity = result.severity
@@ -95,12 +105,45 @@ def analyze(
             console.print(f"{study.label}: {summary}  -> {target / 'report.json'}")
             for warning in result.warnings:
                 console.print(f"[yellow]warning:[/] {study.label}: {warning}")
+    if crashes:
+        raise typer.Exit(EXIT_INTERNAL_ERROR)
     if failures:
         raise typer.Exit(EXIT_BAD_INPUT)
 
 
 def _safe_name(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label).strip("_") or "study"
+
+
+def _study_key(study: StudySource) -> list[str]:
+    """Patient ID, study date and an 8-character hash of the StudyInstanceUID of a DICOM study (what tells apart
+    studies found in one folder); empty for a NIfTI file."""
+    header = next(iter(study.headers.values()), None)
+    if header is None:
+        return []
+    uid = str(getattr(header.ds, "StudyInstanceUID", ""))
+    return [_safe_name(str(getattr(header.ds, key, "") or "")) for key in ("PatientID", "StudyDate")] + [
+        hashlib.sha1(uid.encode()).hexdigest()[:8]
+    ]
+
+
+def output_names(studies: list[StudySource]) -> list[str]:
+    """One output folder name per study, never two alike: the study's label (its path under the input folder)
+    made safe for file names; where labels are alike (several studies in one flat folder), patient ID, study
+    date and a hash of the StudyInstanceUID are added, then a counter if names are still alike."""
+    labels = [_safe_name(study.label) for study in studies]
+    shared = Counter(labels)
+    names = [
+        "_".join(part for part in [label, *_study_key(study)] if part) if shared[label] > 1 else label
+        for study, label in zip(studies, labels, strict=True)
+    ]
+    repeats = Counter(names)
+    seen: Counter[str] = Counter()
+    unique = []
+    for name in names:
+        seen[name] += 1
+        unique.append(f"{name}_{seen[name]}" if repeats[name] > 1 else name)
+    return unique
 
 
 def main() -> None:

@@ -8,7 +8,8 @@ import nibabel as nib
 import numpy as np
 from isal import igzip
 
-from ctriage.io.errors import CorruptFileError, NotVolumeError
+from ctriage.io.checks import check_finite, check_hounsfield, slice_warnings
+from ctriage.io.errors import CorruptFileError, HeaderError, NotVolumeError
 from ctriage.io.orientation import to_canonical
 from ctriage.io.volume import CTVolume, StudyMeta
 
@@ -20,7 +21,11 @@ def is_nifti(path: Path) -> bool:
 
 
 def load_nifti(path: Path) -> CTVolume:
-    """Read a NIfTI CT in HU (scl_slope / scl_inter applied) into the canonical orientation."""
+    """Read a NIfTI CT in HU (scl_slope / scl_inter applied) into the canonical orientation.
+
+    Refuses NaN / infinite voxels, a degenerate affine (zero or non-finite voxel size) and values that are not
+    HU; slices thicker than :data:`ctriage.io.checks.WARN_THICKNESS_MM` give a warning (NIfTI has no slice
+    thickness: the slice spacing stands in for it)."""
     try:
         image = nib.load(str(path))
         data = np.asarray(image.dataobj)
@@ -29,11 +34,20 @@ def load_nifti(path: Path) -> CTVolume:
     data = np.squeeze(data)
     if data.ndim != 3 or min(data.shape) < 2:
         raise NotVolumeError(f"{path}: image has shape {data.shape}; a 3D CT volume is needed")
-    hu, affine, spacing = to_canonical(data, RAS_TO_LPS @ image.affine)
+    voxel_mm = np.linalg.norm(image.affine[:3, :3], axis=0)
+    if not np.all(np.isfinite(image.affine)) or np.any(voxel_mm <= 0):
+        raise HeaderError(f"{path}: voxel size {voxel_mm.round(4).tolist()} mm from the affine: geometry unknown")
+    try:
+        hu, affine, spacing = to_canonical(data, RAS_TO_LPS @ image.affine)
+    except ValueError as exc:
+        raise HeaderError(f"{path}: {exc}") from exc
+    check_finite(hu, path)
     hu = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+    check_hounsfield(hu, path)
+    warnings = slice_warnings(spacing[0], None, path)
     stem = path.name.removesuffix(".gz").removesuffix(".nii")
     meta = StudyMeta(patient_id=stem, source_path=str(path), source_format="nifti")
-    return CTVolume(hu=hu, spacing_mm=spacing, affine=affine, meta=meta)
+    return CTVolume(hu=hu, spacing_mm=spacing, affine=affine, meta=meta, warnings=warnings)
 
 
 def mask_to_canonical(path: Path, shape: tuple[int, int, int]) -> np.ndarray:

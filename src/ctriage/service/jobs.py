@@ -99,7 +99,9 @@ class Worker:
         outdir = self.config.results_dir / f"{study.id}-{study.attempts}"  # a fresh folder per attempt
         log.info("analysing study %s (%s)", study.id, study.study_uid)
         try:
-            outdir.mkdir(parents=True, exist_ok=True)
+            from ctriage.report import prepare_outdir
+
+            prepare_outdir(outdir)  # writable, enough free space: before the analysis, which may take a while
             result = self.analyze(Path(study.path), progress=lambda stage: self._set(study.id, progress=stage))
             report = self._save(result, outdir)
         except InputError as exc:
