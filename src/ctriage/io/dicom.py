@@ -116,9 +116,15 @@ def slice_source(header: DicomHeader) -> SliceSource:
     )
 
 
-def check_slice_header(header: DicomHeader, shape: tuple[int, int] | None = None) -> None:
-    """Refuse a slice whose pixel description (``PIXEL_TAGS``) is missing or invalid, or whose rows x columns
-    differ from ``shape``; then check its pixel data's framing (:func:`check_pixel_data`)."""
+def _pixel_description(ds: pydicom.Dataset) -> tuple[object, ...]:
+    """What must be alike in every slice of a series: ``PIXEL_TAGS`` and which rescale tags are present."""
+    return (*(getattr(ds, tag, None) for tag in PIXEL_TAGS), "RescaleSlope" in ds, "RescaleIntercept" in ds)
+
+
+def check_slice_header(header: DicomHeader, series_first: DicomHeader | None = None) -> None:
+    """Refuse a slice whose pixel description (``PIXEL_TAGS``) is missing or invalid, or differs from that of
+    ``series_first`` (the series' first slice), or which lacks rescale tags that slice has (its values would be
+    read raw); then check its pixel data's framing (:func:`check_pixel_data`)."""
     ds, path = header.ds, header.path
     try:
         values = {tag: getattr(ds, tag) for tag in PIXEL_TAGS}
@@ -136,10 +142,16 @@ def check_slice_header(header: DicomHeader, shape: tuple[int, int] | None = None
             f"{path}: a colour image ({values['PhotometricInterpretation']}, {numbers['SamplesPerPixel']} samples "
             "per pixel), not CT attenuation values"
         )
-    if shape is not None and (numbers["Rows"], numbers["Columns"]) != tuple(shape):
-        raise NotVolumeError(
-            f"{path}: slice of {numbers['Rows']} x {numbers['Columns']} pixels in a series of "
-            f"{shape[0]} x {shape[1]} pixel slices"
+    if series_first is not None and _pixel_description(ds) != _pixel_description(series_first.ds):
+        first = series_first.ds
+        if (numbers["Rows"], numbers["Columns"]) != (int(first.Rows), int(first.Columns)):
+            raise NotVolumeError(
+                f"{path}: slice of {numbers['Rows']} x {numbers['Columns']} pixels in a series of "
+                f"{first.Rows} x {first.Columns} pixel slices"
+            )
+        raise HeaderError(
+            f"{path}: pixel description or rescale tags {_pixel_description(ds)} differ from the series' first "
+            f"slice {series_first.path.name} {_pixel_description(first)}"
         )
     _rescale(ds, path)
     check_pixel_data(header)
@@ -181,6 +193,10 @@ def check_pixel_data(header: DicomHeader) -> None:
             if syntax.is_encapsulated or min(length, size - start) < needed:
                 raise CorruptFileError(
                     f"{path}: pixel data cut short: {min(length, size - start)} of {needed} bytes"
+                )
+            if length > needed + 1:  # one byte of padding to an even length
+                raise HeaderError(
+                    f"{path}: {length} bytes of pixel data where rows x columns x bits allocated give {needed}"
                 )
             return
         fragments, offset = [], start
@@ -401,7 +417,7 @@ def _slice_positions(members: list[DicomHeader], orientation: np.ndarray) -> np.
     position, pixel spacing and pixel description as the series' first slice, pixel data framing."""
     first = members[0]
     check_slice_header(first)
-    shape, spacing = (int(first.ds.Rows), int(first.ds.Columns)), _pixel_spacing(first.ds, first.path)
+    spacing = _pixel_spacing(first.ds, first.path)
     normal = np.cross(orientation[0], orientation[1])
     positions = []
     for header in members:
@@ -420,7 +436,7 @@ def _slice_positions(members: list[DicomHeader], orientation: np.ndarray) -> np.
             raise IncompleteSeriesError(
                 f"{header.path}: pixel spacing {header.ds.PixelSpacing} differs from the series' {list(spacing)} mm"
             )
-        check_slice_header(header, shape)
+        check_slice_header(header, first)
         positions.append(float(np.dot(normal, ipp)))
     return np.asarray(positions)
 

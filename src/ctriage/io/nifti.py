@@ -34,6 +34,7 @@ def load_nifti(path: Path) -> CTVolume:
     data = np.squeeze(data)
     if data.ndim != 3 or min(data.shape) < 2:
         raise NotVolumeError(f"{path}: image has shape {data.shape}; a 3D CT volume is needed")
+    _check_pixdim(path, image)
     voxel_mm = np.linalg.norm(image.affine[:3, :3], axis=0)
     if not np.all(np.isfinite(image.affine)) or np.any(voxel_mm <= 0):
         raise HeaderError(f"{path}: voxel size {voxel_mm.round(4).tolist()} mm from the affine: geometry unknown")
@@ -48,6 +49,19 @@ def load_nifti(path: Path) -> CTVolume:
     stem = path.name.removesuffix(".gz").removesuffix(".nii")
     meta = StudyMeta(patient_id=stem, source_path=str(path), source_format="nifti")
     return CTVolume(hu=hu, spacing_mm=spacing, affine=affine, meta=meta, warnings=warnings)
+
+
+def _check_pixdim(path: Path, image: nib.spatialimages.SpatialImage) -> None:
+    """Refuse voxel sizes (pixdim, mm) that are zero, negative or not finite where the affine comes from them (no
+    sform): nibabel silently reads such sizes as 1 mm, which would scale every volume."""
+    header = getattr(image, "header", None)
+    if not isinstance(header, nib.Nifti1Header) or int(header["sform_code"]) > 0:
+        return
+    with nib.openers.ImageOpener(str(path)) as stream:
+        raw = type(header).from_fileobj(stream, check=False)
+    pixdim = np.asarray(raw["pixdim"][1:4], float)
+    if not np.all(np.isfinite(pixdim)) or np.any(pixdim == 0):
+        raise HeaderError(f"{path}: voxel size (pixdim) {pixdim.tolist()} mm: geometry unknown")
 
 
 def mask_to_canonical(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
