@@ -287,6 +287,10 @@ def _frames(header: DicomHeader) -> int:
         raise HeaderError(f"{header.path}: invalid NumberOfFrames ({exc})") from exc
 
 
+def _series_name(header: DicomHeader) -> str:
+    return f"series {header.series_uid}" if header.series_uid else "the CT series (no SeriesInstanceUID)"
+
+
 def _series_images(members: list[DicomHeader]) -> tuple[list[DicomHeader], list[str], str]:
     """The images of one CT series that can form the axial volume, the warnings about images left out, and why
     none can ("" when some can). Localizers (by ImageType) are left out, whatever the file order."""
@@ -297,13 +301,13 @@ def _series_images(members: list[DicomHeader]) -> tuple[list[DicomHeader], list[
         left_out = len(members) - len(images)
         warnings.append(f"{left_out} localizer image{'s' * (left_out > 1)} in the CT series left out")
     if not images:
-        return [], warnings, f"series {members[0].series_uid}: localizer images only"
+        return [], warnings, f"{_series_name(members[0])}: localizer images only"
     orientations = [_orientation(h.ds, h.path) for h in images]
     if all(o is None for o in orientations):
-        return [], warnings, f"series {images[0].series_uid}: no ImageOrientationPatient, slice geometry unknown"
+        return [], warnings, f"{_series_name(images[0])}: no ImageOrientationPatient, slice geometry unknown"
     normal = np.cross(*next(o for o in orientations if o is not None))
     if abs(normal[2]) < 0.8:
-        return [], warnings, f"series {images[0].series_uid}: not axial (a sagittal or coronal reformat)"
+        return [], warnings, f"{_series_name(images[0])}: not axial (a sagittal or coronal reformat)"
     return images, warnings, ""
 
 
