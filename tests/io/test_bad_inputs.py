@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctriage.io import InputError, find_studies, load_study
+from ctriage.io import CorruptFileError, InputError, find_studies, load_study
 from ctriage.pipeline import analysis_slices
 from tests.conftest import TOTALSEG, require
 from tests.io.bad_inputs import CASES_BY_NAME, Case, native_series
@@ -52,3 +52,17 @@ def test_case(name, bases, tmp_path):
     assert any(case.text in warning for warning in volume.warnings), volume.warnings
     if volume.shape == reference.shape:  # not slabs made of several slices: the values are those of the study
         assert np.array_equal(volume.hu, reference.hu)
+
+
+def test_thin_series_cut_slice_not_analysed_is_found(bases, tmp_path):
+    """A thin series decodes only the analysed slices at load; a slice among the others that is cut short is
+    still found at load (headers and pixel data framing of every slice are checked), naming its file."""
+    from tests.io.bad_inputs import _edit, _scale_z
+
+    folder = _edit(_scale_z(0.5), "all")(bases["dicom"][0], tmp_path)  # 1 mm apart: every other slice analysed
+    volume = _load(folder)
+    assert analysis_slices(volume.spacing_mm) == slice(1, None, 2)
+    skipped = volume.slice_files[0]  # z 0: not analysed, not decoded at load
+    skipped.write_bytes(skipped.read_bytes()[:-1000])
+    with pytest.raises(CorruptFileError, match=f"{skipped.name}: pixel data cut short"):
+        _load(folder)
