@@ -330,7 +330,7 @@ DROPPED_ONE_SLICE = {  # tag dropped on one slice: the outcome
     "RescaleSlope": ("error", errors.HeaderError, "rescale tags"),
     "RescaleIntercept": ("error", errors.HeaderError, "rescale tags"),
     "PixelData": ("error", errors.CorruptFileError, "no pixel data"),
-    "TransferSyntaxUID": ("error", errors.InputError, ""),
+    "TransferSyntaxUID": ("error", errors.HeaderError, "no TransferSyntaxUID"),
 }
 
 CORRUPTED_ONE_SLICE = [  # (tag, raw value written, outcome, error type, message part)
