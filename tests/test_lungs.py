@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from ctriage.evaluate.metrics import dice
 from ctriage.io import load_volume
 from ctriage.io.nifti import mask_to_canonical
 from ctriage.lungs import add_dense_lung, segment_lungs
+from ctriage.testing.phantom import chest_phantom
 from tests.conftest import TOTALSEG, require
 
 LEFT_LOBES, RIGHT_LOBES = (10, 11), (13, 14)  # labels present on example_ct_sm (TotalSegmentator v2)
@@ -83,3 +85,21 @@ def test_filled_slices_match_scipy_hole_filling():
     mask = np.random.default_rng(1).random((5, 30, 30)) > 0.4
     expected = np.stack([ndimage.binary_fill_holes(plane) for plane in mask])
     assert (_fill_slices(mask) == expected).all()
+
+
+def test_organ_under_a_lung_base_stays_out_whatever_the_lesion_mask_says():
+    """A soft-tissue organ domed up under the left lung base (touching and indenting it, like the spleen under
+    the hemidiaphragm) stays out of the lung even when the lesion mask marks all of it as consolidation, while
+    the peripheral consolidation against the chest wall, marked the same way, comes in."""
+    phantom = chest_phantom(peripheral_consolidation=True, basal_organ=True)
+    volume, organ = phantom.volume, phantom.basal_organ
+    aerated = segment_lungs(volume.hu, volume.spacing_mm)
+    assert organ.sum() > 0 and not (organ & aerated.combined).any()
+    touching = ndimage.binary_dilation(organ, iterations=2) & aerated.left
+    assert touching.sum() > 100  # the organ lies against the lung base
+    marked = phantom.lesion_labels.copy()
+    marked[organ] = 2
+    lungs = add_dense_lung(aerated, marked, volume.hu)
+    assert (organ & lungs.combined).sum() <= 0.01 * organ.sum()
+    lesion = phantom.lesion_labels > 0
+    assert (lesion & lungs.combined).sum() >= 0.97 * lesion.sum()

@@ -3,9 +3,10 @@
 The mask is meant for severity (lesion / lung), so it must contain diseased lung. Vessels and lesions
 enclosed by aerated lung are filled slice by slice here. Dense lung along the chest wall (peripheral
 consolidation, atelectasis next to an effusion) is not air and cannot be told from liver or heart by HU
-alone, so :func:`dense_lung_region` gives the region where it may lie (each lung's convex hull per slice,
-not bone, beyond the aerated lung seen from the body centre), and :func:`add_dense_lung` adds the lesion
-model's findings inside that region back to the lungs.
+alone, so :func:`dense_lung_region` gives the thoracic-cavity region where it may lie (each lung's convex hull
+per slice, not bone, beyond the aerated lung seen from the body centre, and above the diaphragm), and
+:func:`add_dense_lung` adds the lesion model's findings inside that region back to the lungs: a finding
+outside the region (liver, spleen, stomach, heart) never becomes lung, whatever the model says.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ DENSE_LUNG_MAX_HU = 200.0  # hull additions denser than this are bone, not lung
 ANGLE_STEP_DEG = 2
 DENSE_LUNG_MIN_THICKNESS_MM = 5.0
 HULL_MARGIN_MM = 10.0  # dense lung may reach this far beyond the aerated lung's convex hull
+BEYOND_TOLERANCE_MM = 5.0  # dense lung lies beyond the outermost aerated lung in its direction, less this
+# The diaphragm under each lung is the lowest aerated lung of each (y, x) column, with upward dents narrower
+# than this radius closed (a basal consolidation hides the diaphragm under it; the dome is much broader).
+DIAPHRAGM_CLOSING_MM = 30.0
 AIRWAY_MAX_AREA_MM2 = 700.0  # a separate air region this small near the midline is trachea / main bronchus
 MIN_LUNG_ML = 20.0
 LUNG_MIN_MEDIAN_HU = -960.0  # median HU of a lung component is above this; bowel gas is below
@@ -113,8 +118,9 @@ def _keep_lungs(air: np.ndarray, small_hu: np.ndarray, voxel_ml: float) -> np.nd
     sizes = np.bincount(labels.ravel(), minlength=count + 1) * voxel_ml
     sizes[0] = 0
     candidate = sizes >= MIN_LUNG_ML
-    for i in np.flatnonzero(candidate):
-        candidate[i] = np.median(small_hu[labels == i]) > LUNG_MIN_MEDIAN_HU
+    large = np.flatnonzero(candidate)
+    if large.size:  # one pass over the volume for all components
+        candidate[large] = np.asarray(ndimage.median(small_hu, labels, index=large)) > LUNG_MIN_MEDIAN_HU
     if not candidate.any():
         return np.zeros_like(air)
     order = [int(i) for i in np.argsort(np.where(candidate, sizes, 0))[::-1] if candidate[i]]
@@ -205,7 +211,10 @@ def segment_lungs(hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> Lun
     air = _remove_airways((small < AIR_HU) & body, small_spacing[1] * small_spacing[2])
     lungs = _keep_lungs(air, small, float(np.prod(small_spacing)) / 1000.0)
     left, right = split_left_right(lungs)
-    left, right = _fill_slices(left), _fill_slices(right)
+    # holes of a slice are vessels and lesions, but not the top of a diaphragm dome ringed by basal lung: no
+    # aerated lung lies under that in its column
+    dome = below_diaphragm(lungs, min(small_spacing[1:]), closing_mm=0)
+    left, right = ((_fill_slices(side) & ~dome) | side for side in (left, right))
     left = upsample(left, factor, hu.shape, z_factor)
     return LungMasks(left=left, right=upsample(right, factor, hu.shape, z_factor) & ~left, spacing_mm=spacing_mm)
 
@@ -241,12 +250,17 @@ class DenseLungRegion:
         return upsample(self.left | self.right, self.factor, shape)
 
 
-def _beyond_lung(lung: np.ndarray, candidates: np.ndarray, centre: tuple[float, float]) -> np.ndarray:
-    """The ``candidates`` pixels of a slice that lie farther from ``centre`` than the aerated lung in their direction.
+def _beyond_lung(
+    lung: np.ndarray, candidates: np.ndarray, centre: tuple[float, float], tolerance_px: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``candidates`` pixels of a slice that lie farther from ``centre`` than (1) the nearest and (2) all of
+    the aerated lung in their direction (less ``tolerance_px``): (1) not nearer the centre than the lung, (2)
+    between the outermost lung and the chest wall.
 
     Directions are 2-degree sectors around the body's centre; a sector without lung gives nothing. Dense lung
-    against the ribs lies beyond the aerated lung seen from the mediastinum; the liver or spleen under a basal
-    crescent of lung, the heart and the hilum lie nearer the centre, or in sectors without lung.
+    against the ribs lies beyond the aerated lung seen from the mediastinum; the heart and the hilum lie nearer
+    the centre, the top of a diaphragm dome (liver, spleen) inside a ring or crescent of basal lung has lung
+    beyond it, and organs lateral to the lung lie in sectors without lung.
     """
     sectors = 360 // ANGLE_STEP_DEG
 
@@ -257,19 +271,28 @@ def _beyond_lung(lung: np.ndarray, candidates: np.ndarray, centre: tuple[float, 
         return sector, np.hypot(dy, dx), (rows, cols)
 
     lung_sector, lung_radius, _ = polar(lung)
-    nearest_lung = np.full(sectors, np.inf)
+    nearest_lung, farthest_lung = np.full(sectors, np.inf), np.full(sectors, -np.inf)
     np.minimum.at(nearest_lung, lung_sector, lung_radius)
+    np.maximum.at(farthest_lung, lung_sector, lung_radius)
+    farthest_lung[np.isinf(farthest_lung)] = np.inf  # a sector without lung gives nothing
     sector, radius, where = polar(candidates)
-    out = np.zeros_like(candidates)
-    out[where] = radius >= nearest_lung[sector]
-    return out
+    beyond_nearest, beyond_all = np.zeros_like(candidates), np.zeros_like(candidates)
+    beyond_nearest[where] = radius >= nearest_lung[sector]
+    beyond_all[where] = radius >= farthest_lung[sector] - tolerance_px
+    return beyond_nearest, beyond_all
 
 
 def _side_region(
-    lung: np.ndarray, hu: np.ndarray, pixel_mm: tuple[float, float], within: np.ndarray | None
+    lung: np.ndarray,
+    hu: np.ndarray,
+    pixel_mm: tuple[float, float],
+    within: np.ndarray | None,
+    lung_under: np.ndarray,
+    below_floor: np.ndarray,
 ) -> np.ndarray:
-    """Dense-lung region of one lung (bool, z-y-x, working grid) with working-grid ``hu``; with ``within``,
-    only on slices where ``within`` has pixels in reach of the lung (its bounding box grown by the margin)."""
+    """Dense-lung region of one lung (bool, z-y-x, working grid) with working-grid ``hu``, ``lung_under`` and
+    ``below_floor`` (see :func:`dense_lung_region`); with ``within``, only on slices where ``within`` has pixels
+    in reach of the lung (its bounding box grown by the margin)."""
     margin_px = (HULL_MARGIN_MM / pixel_mm[0], HULL_MARGIN_MM / pixel_mm[1])
     reach = (int(np.ceil(margin_px[0])), int(np.ceil(margin_px[1])))
     region = np.zeros_like(lung)
@@ -281,24 +304,54 @@ def _side_region(
             continue
         candidates = _grown_hull(lung[k], margin_px) & ~lung[k] & (hu[k] < DENSE_LUNG_MAX_HU)
         body_rows, body_cols = np.nonzero(hu[k] > BODY_HU)
-        region[k] = _beyond_lung(lung[k], candidates, (body_rows.mean(), body_cols.mean()))
+        beyond_nearest, beyond_all = _beyond_lung(lung[k], candidates, (body_rows.mean(), body_cols.mean()),
+                                                  BEYOND_TOLERANCE_MM / min(pixel_mm))
+        region[k] = beyond_nearest & (lung_under[k] | (beyond_all & ~below_floor[k]))
     return region
+
+
+def lowest_lung(lung: np.ndarray) -> np.ndarray:
+    """Slice index of the lowest (most inferior) voxel of each (y, x) column of a bool (z, y, x) mask, int
+    (y, x); -1 where the column has none."""
+    return np.where(lung.any(axis=0), lung.shape[0] - 1 - np.argmax(lung[::-1], axis=0), -1)
+
+
+def below_diaphragm(lung: np.ndarray, pixel_mm: float, closing_mm: float = DIAPHRAGM_CLOSING_MM) -> np.ndarray:
+    """Voxels of a bool (z, y, x) aerated-lung mask's grid (z head to feet, pixels ``pixel_mm`` wide) that lie
+    below the diaphragm: lower than the lowest aerated lung of their (y, x) column, after a grey closing of that
+    depth map with a disk ``closing_mm`` across in radius (it fills upward dents under basal consolidation,
+    which hides the diaphragm, and barely touches the broad dome; 0 closes nothing). Columns without lung have
+    no floor here.
+    """
+    floor = lowest_lung(lung)
+    floor[floor < 0] = lung.shape[0]
+    radius = int(round(closing_mm / pixel_mm))
+    if radius > 0:
+        grid = np.ogrid[-radius : radius + 1, -radius : radius + 1]
+        floor = ndimage.grey_closing(floor, footprint=grid[0] ** 2 + grid[1] ** 2 <= radius**2, mode="nearest")
+    return np.arange(lung.shape[0])[:, None, None] > floor[None]
 
 
 def dense_lung_region(lungs: LungMasks, hu: np.ndarray, within: np.ndarray | None = None) -> DenseLungRegion:
     """Per slice and lung, on the working grid: the convex hull of the aerated lung grown by 10 mm, outside
-    both masks, not bone (> 200 HU), and beyond the aerated lung as seen from the body's centre (see
-    :func:`_beyond_lung`).
+    both masks, not bone (> 200 HU), not nearer the body's centre than the aerated lung (see
+    :func:`_beyond_lung`: not heart or mediastinum), and inside the thoracic cavity: either with aerated lung
+    under it in its (y, x) column (lung above and below: inside the chest), or, at the lung base, between the
+    outermost aerated lung and the chest wall and not below the diaphragm (see :func:`below_diaphragm`). Liver,
+    spleen, stomach and bowel under a lung base, and the top of a diaphragm dome ringed by basal lung, have no
+    lung under them and lung beyond them.
 
-    Every step works slice by slice; ``within`` (bool, working grid) limits the work to the slices and lungs
+    The hull steps work slice by slice; ``within`` (bool, working grid) limits the work to the slices and lungs
     where it is needed: the region is empty on slices where ``within`` has nothing in a lung's reach.
     """
     factor = work_grid_factor(lungs.spacing_mm)
     left_small, right_small = subsample(lungs.left, factor), subsample(lungs.right, factor)
     small_hu, aerated = subsample(hu, factor), left_small | right_small
     pixel_mm = (lungs.spacing_mm[1] * factor, lungs.spacing_mm[2] * factor)
-    left = _side_region(left_small, small_hu, pixel_mm, within) & ~aerated
-    right = _side_region(right_small, small_hu, pixel_mm, within) & ~aerated & ~left
+    lung_under = np.arange(aerated.shape[0])[:, None, None] < lowest_lung(aerated)[None]
+    below_floor = below_diaphragm(aerated, min(pixel_mm))
+    left = _side_region(left_small, small_hu, pixel_mm, within, lung_under, below_floor) & ~aerated
+    right = _side_region(right_small, small_hu, pixel_mm, within, lung_under, below_floor) & ~aerated & ~left
     return DenseLungRegion(left=left, right=right, factor=factor)
 
 

@@ -16,12 +16,14 @@ HU_GGO, HU_CONSOLIDATION = -550, 30
 
 @dataclass
 class Phantom:
-    """A phantom CT with its truth: lungs (bool, z-y-x) and lesion labels (0 bg, 1 GGO, 2 consolidation)."""
+    """A phantom CT with its truth: lungs (bool, z-y-x), lesion labels (0 bg, 1 GGO, 2 consolidation) and the
+    soft-tissue organ under the left lung base (bool; empty without one)."""
 
     volume: CTVolume
     lung_left: np.ndarray
     lung_right: np.ndarray
     lesion_labels: np.ndarray
+    basal_organ: np.ndarray
 
 
 def _ellipsoid(shape, centre, radii) -> np.ndarray:
@@ -35,13 +37,16 @@ def chest_phantom(
     ggo_blobs: int = 2,
     consolidation_blobs: int = 1,
     peripheral_consolidation: bool = False,
+    basal_organ: bool = False,
     seed: int = 0,
 ) -> Phantom:
     """A chest-like volume: body with fat and muscle, two lungs with vessels, spine, lesion blobs.
 
     GGO blobs (-550 HU) go in the right lung and consolidation blobs (+30 HU) in the left, well inside the
     lung; with ``peripheral_consolidation`` a dense blob (+30 HU) fills the left lung's lateral edge against
-    the chest wall, the hardest case for a threshold lung mask. Lesion truth is clipped to the lungs.
+    the chest wall, the hardest case for a threshold lung mask. With ``basal_organ`` a soft-tissue organ (+40 HU,
+    spleen-like) domes up under the left lung base and indents it, so that the lowest lung slices are a crescent
+    around it, as under a real hemidiaphragm. Lesion truth is clipped to the lungs.
     """
     rng = np.random.default_rng(seed)
     nz, ny, nx = shape
@@ -52,7 +57,12 @@ def chest_phantom(
     lung_radii = (nz * 0.42, ny * 0.27, nx * 0.16)
     right = _ellipsoid(shape, (nz / 2, ny * 0.47, nx * 0.30), lung_radii)  # patient right at low x
     left = _ellipsoid(shape, (nz / 2, ny * 0.47, nx * 0.70), lung_radii)
+    organ = np.zeros(shape, bool)
+    if basal_organ:
+        organ = _ellipsoid(shape, (nz * 0.98, ny * 0.47, nx * 0.63), (nz * 0.3, ny * 0.2, nx * 0.13)) & body
+        left &= ~organ
     hu[right | left] = HU_LUNG
+    hu[organ] = HU_SOFT
     mid_lungs = (right | left)[nz // 2]
     ys, xs = np.nonzero(ndimage.binary_erosion(mid_lungs, iterations=4))
     for pick in rng.choice(len(ys), size=6, replace=False):  # vessels: thin tubes along z inside the lungs
@@ -85,4 +95,4 @@ def chest_phantom(
     volume = CTVolume(
         hu=hu, spacing_mm=spacing_mm, affine=affine, meta=StudyMeta(patient_id="PHANTOM", source_format="phantom")
     )
-    return Phantom(volume=volume, lung_left=left, lung_right=right, lesion_labels=labels)
+    return Phantom(volume=volume, lung_left=left, lung_right=right, lesion_labels=labels, basal_organ=organ)
