@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ctriage.service.api import create_app
-from ctriage.service.db import DONE, FAILED, Study, utcnow
+from ctriage.service.db import DONE, INCOMPLETE, Study, utcnow
 from ctriage.service.runtime import Service
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -93,7 +93,7 @@ def test_retry_failed_study(client: TestClient, service: Service, ct_series: Pat
     study_id = response.json()["study_ids"][0]
     service.worker.run_once()
     failed = client.get(f"/api/studies/{study_id}").json()
-    assert failed["status"] == FAILED and failed["error"]
+    assert failed["status"] == INCOMPLETE and "slices" in failed["error"]
     confirm = {"decision": "confirmed", "user": "x"}
     assert client.post(f"/api/studies/{study_id}/review", json=confirm).status_code == 409
     assert client.post(f"/api/studies/{study_id}/retry").json()["status"] == "queued"

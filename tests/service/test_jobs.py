@@ -14,7 +14,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from sqlalchemy import select
 
 from ctriage.service.config import DicomNode
-from ctriage.service.db import DONE, FAILED, QUEUED, RECEIVING, RUNNING, Study, claim_next, requeue
+from ctriage.service.db import DONE, FAILED, INCOMPLETE, QUEUED, RECEIVING, RUNNING, Study, claim_next, requeue
 from ctriage.service.runtime import Service
 from tests.service.conftest import free_port, store_series
 
@@ -44,17 +44,17 @@ def test_received_study_is_analysed_with_all_outputs(config, ct_series: Path, an
     assert not service.worker.run_once()  # nothing left
 
 
-def test_failure_is_recorded_keeps_the_files_and_recovers(config, ct_series: Path, analyze):
+def test_too_few_slices_is_incomplete_keeps_the_files_and_recovers(config, ct_series: Path, analyze):
     service = Service.create(config, analyze)
     files = sorted(ct_series.iterdir())
     store_series(service.store, ct_series, files[:3])
     service.worker.run_once()
     study = _study(service)
-    assert study.status == FAILED and "slices" in study.error  # too few slices for a volume
+    assert study.status == INCOMPLETE and "slices" in study.error  # too few slices for a volume
     assert len(list(Path(study.path).rglob("*.dcm"))) == 3  # nothing received is deleted
     assert requeue(service.sessions, study.id)
     service.worker.run_once()
-    assert (_study(service).status, _study(service).attempts) == (FAILED, 2)
+    assert (_study(service).status, _study(service).attempts) == (INCOMPLETE, 2)
     store_series(service.store, ct_series, files[3:])  # the rest of the series arrives late
     assert _study(service).status == RECEIVING
     service.worker.run_once()

@@ -6,7 +6,9 @@ Orthanc cannot be told to listen on loopback only, so each test re-runs itself i
 - push: the CT is stored in Orthanc, Orthanc C-STOREs it to ctriage, ctriage analyses it after the quiet period
   and C-STOREs SEG, SR and a secondary capture back; the test finds them in Orthanc's copy of the study;
 - pull: ctriage C-FINDs Orthanc for today's CT studies and retrieves the new one (C-MOVE to its own listener or
-  C-GET), on POST /api/pull or by itself every pull_interval_s, analyses it and sends the results back.
+  C-GET), on POST /api/pull or by itself every pull_interval_s, analyses it and sends the results back;
+- a partial series: the upper half of P001 is pushed alone and reads as incomplete (lungs cut), nothing is sent;
+  the rest arrives, the study is analysed again, the first result is superseded and SEG / SR / SC are sent.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import httpx
 import pydicom
 import pytest
 
+from tests.conftest import P001_DICOM, require
 from tests.service.conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -79,6 +82,21 @@ class Orthanc:
             response.raise_for_status()
             study_id = response.json()["ParentStudy"]
         return study_id
+
+    def instances_by_position(self, study_id: str) -> list[str]:
+        """Orthanc ids of the study's instances, head first (by ImagePositionPatient z, descending)."""
+        instances = self.http.get(f"/studies/{study_id}/instances").json()
+
+        def z_mm(instance: dict) -> float:
+            tags = self.http.get(f"/instances/{instance['ID']}/simplified-tags").json()
+            return float(tags["ImagePositionPatient"].split("\\")[2])
+
+        return [i["ID"] for i in sorted(instances, key=z_mm, reverse=True)]
+
+    def push(self, resources: list[str]) -> None:
+        """C-STORE the given studies / instances to ctriage, synchronously."""
+        response = self.http.post("/modalities/ctriage/store", json={"Resources": resources, "Synchronous": True})
+        assert response.status_code == 200, response.text
 
     def modalities_in(self, study_uid: str) -> dict[str, list[str]]:
         """Modality -> SOP instance UIDs of the instances Orthanc holds for ``study_uid``."""
@@ -173,16 +191,22 @@ def serve_ctriage(tmp_path: Path, ports: dict[str, int]):
         log.close()
 
 
-def _analysed(ctriage: httpx.Client, study_uid: str, log: Path) -> dict:
-    """Wait until ctriage finished (or failed) the study and sent its results; fail with the reason otherwise."""
+def _analysed(ctriage: httpx.Client, study_uid: str, log: Path, status: str = "done", attempts: int = 1) -> dict:
+    """Wait until ctriage finished (or failed) the study's ``attempts``-th analysis and sent its results; fail with
+    the reason unless it ended in ``status``."""
 
     def finished():
         rows = [s for s in ctriage.get("/api/studies").json() if s["study_uid"] == study_uid]
-        ready = rows and rows[0]["status"] in ("done", "failed") and rows[0]["send_status"] != "sending"
+        ready = (
+            rows
+            and rows[0]["status"] in ("done", "incomplete", "failed")
+            and rows[0]["attempts"] >= attempts
+            and rows[0]["send_status"] != "sending"
+        )
         return rows[0] if ready else None
 
     row = _wait(finished, ANALYSIS_TIMEOUT_S, f"the analysis of {study_uid}")
-    assert row["status"] == "done", f"{row['error']}\n{log.read_text()[-3000:]}"
+    assert row["status"] == status, f"{row['error']}\n{log.read_text()[-3000:]}"
     return row
 
 
@@ -237,4 +261,36 @@ def test_pull_new_ct_studies_from_pacs(request, method: str, trigger: str, ct_se
         assert ctriage.post("/api/pull").json()["retrieved"] == []  # known studies are not fetched twice
     row = _analysed(ctriage, study_uid, tmp_path / "ctriage.log")
     assert row["source"] == "pull" and row["n_instances"] == 20
+    series_uid = pydicom.dcmread(next(ct_series.iterdir()), stop_before_pixels=True).SeriesInstanceUID
+    assert ctriage.get(f"/api/studies/{row['id']}").json()["expected_instances"] == {series_uid: 20}
     _results_in_pacs(orthanc, ctriage, row, ct_series)
+
+
+@pytest.mark.slow
+def test_partial_series_is_incomplete_until_the_rest_arrives(request, tmp_path: Path):
+    if not IN_NETNS:
+        run_in_network_namespace(request)
+        return
+    require(P001_DICOM)
+    orthanc = request.getfixturevalue("orthanc")
+    ctriage = request.getfixturevalue("serve_ctriage")()
+    orthanc_study = orthanc.upload(P001_DICOM)
+    head_first = orthanc.instances_by_position(orthanc_study)
+    half = len(head_first) // 2
+    orthanc.push(head_first[:half])  # the upper half: the lungs are cut at its last slice
+    study_uid = str(pydicom.dcmread(next(P001_DICOM.iterdir()), stop_before_pixels=True).StudyInstanceUID)
+    log = tmp_path / "ctriage.log"
+    row = _analysed(ctriage, study_uid, log, status="incomplete")
+    assert row["error"].startswith("lungs cut at the edge of the series: last slice"), row["error"]
+    assert row["send_status"] == "" and "SEG" not in orthanc.modalities_in(study_uid)
+
+    orthanc.push(head_first[half:])
+    row = _analysed(ctriage, study_uid, log, attempts=2)
+    assert row["n_instances"] == len(head_first) and row["error"] == ""
+    detail = ctriage.get(f"/api/studies/{row['id']}").json()
+    first, second = detail["analyses"]
+    assert first["status"] == "incomplete" and first["superseded_by"] == second["id"]
+    assert second["status"] == "done" and second["superseded_at"] is None
+    assert row["send_status"].startswith("sent 3 objects"), row["send_status"]
+    held = orthanc.modalities_in(study_uid)
+    assert len(held["SEG"]) == len(held["SR"]) == len(held["OT"]) == 1

@@ -19,7 +19,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import selectinload
 
 from ctriage import triage
-from ctriage.service.db import DONE, STATUSES, Review, Study, as_utc, requeue
+from ctriage.service.db import DONE, INCOMPLETE, STATUSES, Review, Study, as_utc, requeue
 from ctriage.service.pacs import DicomNetworkError
 from ctriage.service.render import WINDOWS_HU, slice_png
 from ctriage.service.runtime import Service
@@ -62,7 +62,9 @@ def create_app(service: Service) -> FastAPI:
 
     def load(study_id: int) -> Study:
         with sessions() as session:
-            study = session.get(Study, study_id, options=[selectinload(Study.reviews)])
+            study = session.get(
+                Study, study_id, options=[selectinload(Study.reviews), selectinload(Study.analyses)]
+            )
         if study is None:
             raise HTTPException(404, f"no study {study_id}")
         return study
@@ -127,7 +129,7 @@ def create_app(service: Service) -> FastAPI:
         """One study: worklist row, full report, all reviews and what the viewer needs."""
         study = load(study_id)
         n_slices = 0
-        if study.status == DONE and study.result_dir and (Path(study.result_dir) / "hu.npy").exists():
+        if study.status in (DONE, INCOMPLETE) and study.result_dir and (Path(study.result_dir) / "hu.npy").exists():
             n_slices = int(_viewer_arrays(study.result_dir)[0].shape[0])
         folder = Path(study.result_dir) if study.result_dir else None
         files = sorted(p.name for p in folder.iterdir() if p.is_file()) if folder and folder.is_dir() else []
@@ -135,6 +137,8 @@ def create_app(service: Service) -> FastAPI:
             **study.summary(),
             "report": study.report,
             "reviews": [r.to_dict() for r in study.reviews],
+            "analyses": [a.to_dict() for a in study.analyses],
+            "expected_instances": study.expected_instances,
             "n_slices": n_slices,
             "files": files,
         }

@@ -16,15 +16,21 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
-# Job states: instances arriving -> waiting for a worker -> being analysed -> finished / failed with a reason.
+# Job states: instances arriving -> waiting for a worker -> being analysed -> finished / failed with a reason, or
+# incomplete with the reason (instances missing, slices missing, lungs cut at the first or last slice): analysed
+# again when more instances arrive.
 RECEIVING, QUEUED, RUNNING, DONE, FAILED = "receiving", "queued", "running", "done", "failed"
-STATUSES = (RECEIVING, QUEUED, RUNNING, DONE, FAILED)
+INCOMPLETE = "incomplete"
+STATUSES = (RECEIVING, QUEUED, RUNNING, DONE, INCOMPLETE, FAILED)
+FINISHED = (DONE, INCOMPLETE, FAILED)  # states a retry or a new instance starts from
 SENDING = "sending"  # send_status while results are on their way to the destination
 INTERRUPTED_SEND = "failed: interrupted by a restart; send again"
 
@@ -68,7 +74,14 @@ class Study(Base):
     ct_category: Mapped[int | None] = mapped_column(Integer, nullable=True)
     max_ratio: Mapped[float | None] = mapped_column(Float, nullable=True)
     send_status: Mapped[str] = mapped_column(Text, default="")  # "", "sent ...", "failed: reason"
-    reviews: Mapped[list[Review]] = relationship(back_populates="study", order_by="Review.created_at")
+    # SeriesInstanceUID -> NumberOfSeriesRelatedInstances the PACS reported (C-FIND) for the CT series pulled
+    expected_instances: Mapped[dict[str, int] | None] = mapped_column(JSON, nullable=True)
+    reviews: Mapped[list[Review]] = relationship(
+        back_populates="study", order_by="Review.created_at", cascade="all, delete-orphan"
+    )
+    analyses: Mapped[list[Analysis]] = relationship(
+        back_populates="study", order_by="Analysis.id", cascade="all, delete-orphan"
+    )
 
     def summary(self) -> dict[str, Any]:
         """The worklist row of this study, JSON-ready."""
@@ -94,6 +107,38 @@ class Study(Base):
             "max_ratio": self.max_ratio,
             "send_status": self.send_status,
             "review": latest.to_dict() if latest else None,
+        }
+
+
+class Analysis(Base):
+    """One analysis result of a study (first run, re-analysis after late instances, retry); the newest is current,
+    the earlier ones are marked superseded by it."""
+
+    __tablename__ = "analyses"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))  # done or incomplete
+    reason: Mapped[str] = mapped_column(Text, default="")  # why incomplete
+    result_dir: Mapped[str] = mapped_column(Text)
+    n_instances: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    superseded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    superseded_by: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    study: Mapped[Study] = relationship(back_populates="analyses")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready history entry."""
+        return {
+            "id": self.id,
+            "attempt": self.attempt,
+            "status": self.status,
+            "reason": self.reason,
+            "n_instances": self.n_instances,
+            "created_at": _iso(self.created_at),
+            "superseded_at": _iso(self.superseded_at),
+            "superseded_by": self.superseded_by,
         }
 
 
@@ -146,7 +191,25 @@ def open_db(url: str) -> sessionmaker[Session]:
     if is_sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
     Base.metadata.create_all(engine)
+    _add_new_columns(engine)
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def _add_new_columns(engine: Engine) -> None:
+    """Add columns that a newer ctriage defines to the tables of an existing database (all nullable or with a
+    default), so that an upgrade keeps the studies, reviews and audit trail; new tables come from create_all."""
+    existing = inspect(engine)
+    with engine.begin() as connection:
+        for table in Base.metadata.sorted_tables:
+            have = {c["name"] for c in existing.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in have:
+                    continue
+                ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(engine.dialect)}"
+                default = column.default.arg if column.default is not None and column.default.is_scalar else None
+                if default is not None:
+                    ddl += f" DEFAULT {default!r}" if isinstance(default, str) else f" DEFAULT {default}"
+                connection.execute(text(ddl))
 
 
 def recover_interrupted(sessions: sessionmaker[Session]) -> int:
@@ -202,11 +265,11 @@ def claim_next(sessions: sessionmaker[Session]) -> Study | None:
 
 
 def requeue(sessions: sessionmaker[Session], study_id: int) -> bool:
-    """Queue a failed or finished study again (retry from the UI / API); False if it is in another state."""
+    """Queue a failed, incomplete or finished study again (retry from the UI / API); False if it is in another state."""
     with sessions.begin() as session:
         result = session.execute(
             update(Study)
-            .where(Study.id == study_id, Study.status.in_((FAILED, DONE)))
+            .where(Study.id == study_id, Study.status.in_(FINISHED))
             .values(status=QUEUED, error="", progress="")
         )
         return result.rowcount == 1

@@ -18,10 +18,23 @@ import numpy as np
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
-from ctriage.io.errors import InputError
+from ctriage.io.errors import IncompleteSeriesError, InputError
 from ctriage.service import pacs
+from ctriage.service.completeness import instance_count_reason, lung_cut_reason
 from ctriage.service.config import ServiceConfig
-from ctriage.service.db import DONE, FAILED, RECEIVING, SENDING, Study, as_utc, claim_next, promote_quiet, utcnow
+from ctriage.service.db import (
+    DONE,
+    FAILED,
+    INCOMPLETE,
+    RECEIVING,
+    SENDING,
+    Analysis,
+    Study,
+    as_utc,
+    claim_next,
+    promote_quiet,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +53,14 @@ def save_viewer_arrays(result: Any, outdir: Path) -> None:
     np.save(outdir / "hu.npy", np.ascontiguousarray(result.volume.hu, dtype=np.int16))
     np.save(outdir / "lesion.npy", np.ascontiguousarray(result.lesion_mask, dtype=np.uint8))
     np.save(outdir / "lungs.npy", result.lung_labels)
+
+
+def incomplete_reasons(result: Any, expected_instances: dict[str, int] | None) -> list[str]:
+    """Why an analysed series is not complete: fewer instances than the PACS reported, lungs cut at an edge."""
+    slice_files = getattr(result.volume, "slice_files", None)
+    reasons = [instance_count_reason(Path(slice_files[0]).parent, expected_instances)] if slice_files else []
+    reasons.append(lung_cut_reason(result.lung_labels))
+    return [r for r in reasons if r]
 
 
 class Worker:
@@ -95,7 +116,8 @@ class Worker:
                 setattr(study, key, value)
 
     def process(self, study: Study) -> None:
-        """Analyse one claimed study and record the outcome (done, failed with reason, or receiving again)."""
+        """Analyse one claimed study and record the outcome (done, incomplete or failed with the reason, or
+        receiving again when instances arrived meanwhile)."""
         outdir = self.config.results_dir / f"{study.id}-{study.attempts}"  # a fresh folder per attempt
         log.info("analysing study %s (%s)", study.id, study.study_uid)
         try:
@@ -103,7 +125,13 @@ class Worker:
 
             prepare_outdir(outdir)  # writable, enough free space: before the analysis, which may take a while
             result = self.analyze(Path(study.path), progress=lambda stage: self._set(study.id, progress=stage))
+            reasons = incomplete_reasons(result, study.expected_instances)
+            result.warnings.extend(f"incomplete series: {reason}" for reason in reasons)
             report = self._save(result, outdir)
+        except IncompleteSeriesError as exc:  # slices missing: analysed again when more instances arrive
+            log.warning("study %s incomplete: %s", study.id, exc)
+            self._set(study.id, status=INCOMPLETE, error=str(exc), progress="", finished_at=utcnow())
+            return
         except InputError as exc:
             self._fail(study.id, str(exc))
             return
@@ -111,13 +139,16 @@ class Worker:
             log.error("analysis of study %s crashed:\n%s", study.id, traceback.format_exc())
             self._fail(study.id, f"internal error: {type(exc).__name__}: {exc}")
             return
-        dicom_problem = self._save_dicom(result, outdir)
+        report["completeness"] = {"complete": not reasons, "reasons": reasons}
+        if reasons and report.get("identification"):
+            report["identification"]["reliable"] = False
+        dicom_problem = "" if reasons else self._save_dicom(result, outdir)
         will_send = not dicom_problem and self.config.destination is not None and (outdir / "dicom").is_dir()
         if dicom_problem:
             send_status = f"failed: cannot build DICOM results: {dicom_problem}"
         else:
             send_status = SENDING if will_send else ""
-        self._finish(study.id, report, outdir, send_status)
+        self._finish(study, report, outdir, send_status, "; ".join(reasons))
         if will_send:
             self.send_results(study.id)
 
@@ -156,14 +187,29 @@ class Worker:
         log.warning("study %s failed: %s", study_id, reason)
         self._set(study_id, status=FAILED, error=reason, progress="", finished_at=utcnow())
 
-    def _finish(self, study_id: int, report: dict[str, Any], outdir: Path, send_status: str) -> None:
-        """Store the result; a study that received new instances while running is analysed again later."""
+    def _finish(self, claimed: Study, report: dict[str, Any], outdir: Path, send_status: str, reason: str) -> None:
+        """Store the result as the study's current one and mark earlier results superseded by it; a study that
+        received new instances while running is analysed again later."""
         severity = report.get("severity") or {}
         identification = report.get("identification") or {}
         with self.sessions.begin() as session:
-            study = session.get(Study, study_id)
+            study = session.get(Study, claimed.id)
             grew = study.started_at is not None and as_utc(study.last_instance_at) > as_utc(study.started_at)
-            study.status = RECEIVING if grew else DONE
+            analysis = Analysis(
+                study_id=study.id,
+                attempt=claimed.attempts,
+                status=INCOMPLETE if reason else DONE,
+                reason=reason,
+                result_dir=str(outdir),
+                n_instances=claimed.n_instances,
+            )
+            session.add(analysis)
+            session.flush()
+            for earlier in study.analyses:
+                if earlier.id != analysis.id and earlier.superseded_at is None:
+                    earlier.superseded_at, earlier.superseded_by = utcnow(), analysis.id
+            study.status = RECEIVING if grew else analysis.status
+            study.error = reason
             study.progress = ""
             study.finished_at = utcnow()
             study.result_dir = str(outdir)
@@ -180,9 +226,12 @@ class Worker:
         with self.sessions() as session:
             study = session.get(Study, study_id)
             folder = Path(study.result_dir) / "dicom" if study and study.result_dir else None
+            incomplete = study is not None and study.status == INCOMPLETE
         files = sorted(folder.glob("*.dcm")) if folder and folder.is_dir() else []
         if self.config.destination is None:
             outcome = "failed: no destination configured"
+        elif incomplete:
+            outcome = "failed: the series is incomplete; results are sent once it is complete"
         elif not files:
             outcome = "failed: no DICOM results (the study was not single-frame DICOM, or is not analysed)"
         else:

@@ -51,12 +51,29 @@ def _associate(ae: AE, node: DicomNode, **kwargs: object) -> Association:
     return assoc
 
 
-def find_ct_studies(config: ServiceConfig, since: date) -> list[FoundStudy]:
-    """C-FIND (study root, STUDY level) the PACS for CT studies dated ``since`` or later."""
+def _find(config: ServiceConfig, query: Dataset) -> list[Dataset]:
+    """C-FIND (study root) ``query`` on the configured PACS; returns the matching identifiers."""
     if config.pacs is None:
         raise DicomNetworkError("no PACS configured (setting 'pacs')")
     ae = AE(ae_title=config.ae_title)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = _associate(ae, config.pacs)
+    found: list[Dataset] = []
+    try:
+        for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+            if status is None or "Status" not in status:
+                raise DicomNetworkError(f"C-FIND to {config.pacs}: no response")
+            if status.Status in PENDING and identifier is not None:
+                found.append(identifier)
+            elif status.Status not in PENDING and status.Status != 0x0000:
+                raise DicomNetworkError(f"C-FIND to {config.pacs} failed with status 0x{status.Status:04X}")
+    finally:
+        assoc.release()
+    return found
+
+
+def find_ct_studies(config: ServiceConfig, since: date) -> list[FoundStudy]:
+    """C-FIND (study root, STUDY level) the PACS for CT studies dated ``since`` or later."""
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
     query.StudyInstanceUID = ""
@@ -64,26 +81,33 @@ def find_ct_studies(config: ServiceConfig, since: date) -> list[FoundStudy]:
     query.ModalitiesInStudy = "CT"
     query.PatientID = ""
     query.StudyDescription = ""
-    assoc = _associate(ae, config.pacs)
-    found: list[FoundStudy] = []
-    try:
-        for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
-            if status is None or "Status" not in status:
-                raise DicomNetworkError(f"C-FIND to {config.pacs}: no response")
-            if status.Status in PENDING and identifier is not None and identifier.get("StudyInstanceUID"):
-                found.append(
-                    FoundStudy(
-                        str(identifier.StudyInstanceUID),
-                        str(identifier.get("PatientID", "")),
-                        str(identifier.get("StudyDate", "")),
-                        str(identifier.get("StudyDescription", "")),
-                    )
-                )
-            elif status.Status not in PENDING and status.Status != 0x0000:
-                raise DicomNetworkError(f"C-FIND to {config.pacs} failed with status 0x{status.Status:04X}")
-    finally:
-        assoc.release()
-    return found
+    return [
+        FoundStudy(
+            str(identifier.StudyInstanceUID),
+            str(identifier.get("PatientID", "")),
+            str(identifier.get("StudyDate", "")),
+            str(identifier.get("StudyDescription", "")),
+        )
+        for identifier in _find(config, query)
+        if identifier.get("StudyInstanceUID")
+    ]
+
+
+def ct_series_counts(config: ServiceConfig, study_uid: str) -> dict[str, int]:
+    """C-FIND (SERIES level) the CT series of a study: SeriesInstanceUID -> NumberOfSeriesRelatedInstances
+    (series whose count the PACS does not give are left out)."""
+    query = Dataset()
+    query.QueryRetrieveLevel = "SERIES"
+    query.StudyInstanceUID = study_uid
+    query.SeriesInstanceUID = ""
+    query.Modality = "CT"
+    query.NumberOfSeriesRelatedInstances = None
+    counts = {}
+    for identifier in _find(config, query):
+        uid, count = identifier.get("SeriesInstanceUID"), identifier.get("NumberOfSeriesRelatedInstances")
+        if uid and count not in (None, ""):
+            counts[str(uid)] = int(count)
+    return counts
 
 
 def _study_identifier(study_uid: str) -> Dataset:
@@ -107,9 +131,11 @@ def _check_retrieve(responses: object, what: str) -> None:
 
 
 def retrieve_study(config: ServiceConfig, store: StudyStore, study_uid: str) -> None:
-    """Fetch one study from the PACS: C-MOVE to our own listener, or C-GET on the same association."""
+    """Fetch one study from the PACS: C-MOVE to our own listener, or C-GET on the same association; the PACS's
+    instance count of each CT series is kept, so that a series not received whole is analysed as incomplete."""
     if config.pacs is None:
         raise DicomNetworkError("no PACS configured (setting 'pacs')")
+    expected = ct_series_counts(config, study_uid)
     ae = AE(ae_title=config.ae_title)
     if config.retrieve_method == "move":
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
@@ -142,6 +168,7 @@ def retrieve_study(config: ServiceConfig, store: StudyStore, study_uid: str) -> 
             )
         finally:
             assoc.release()
+    store.expect_instances(study_uid, expected)
     store.queue_now(study_uid, source="pull")
 
 

@@ -17,7 +17,7 @@ import pydicom
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from ctriage.service.db import DONE, FAILED, QUEUED, RECEIVING, Study, utcnow
+from ctriage.service.db import FINISHED, QUEUED, RECEIVING, Study, utcnow
 
 ANALYSED_MODALITIES = ("CT",)
 _UID = re.compile(r"^[0-9][0-9.]{0,63}$")
@@ -92,7 +92,7 @@ class StudyStore:
             if not created and str(header.get("Modality", "")).upper() not in ANALYSED_MODALITIES:
                 return  # e.g. our own SEG / SR routed back by the PACS: kept, but no new analysis
             study.last_instance_at = utcnow()
-            if study.status in (DONE, FAILED, QUEUED):
+            if study.status in (*FINISHED, QUEUED):
                 study.status = RECEIVING
 
     def add_nifti(self, data: bytes, filename: str) -> Study:
@@ -112,6 +112,13 @@ class StudyStore:
             )
             session.add(study)
         return study
+
+    def expect_instances(self, study_uid: str, counts: dict[str, int]) -> None:
+        """Record how many instances each series should have (SeriesInstanceUID -> count, from the PACS)."""
+        with self.sessions.begin() as session:
+            study = session.scalars(select(Study).where(Study.study_uid == study_uid)).first()
+            if study is not None:
+                study.expected_instances = {**(study.expected_instances or {}), **counts}
 
     def queue_now(self, study_uid: str, source: str | None = None) -> None:
         """Skip the quiet period of a study known to be complete (HTTP upload, finished C-MOVE / C-GET)."""
