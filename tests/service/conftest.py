@@ -85,3 +85,19 @@ def store_series(store, folder: Path, files: list[Path] | None = None, source: s
         store.add_instance(path.read_bytes(), header, "SCANNER1", source)
         study_uid = str(header.StudyInstanceUID)
     return study_uid
+
+
+PASSWORD = "correct horse battery"  # test users' password
+
+
+def logged_in(app, sessions, username: str, role: str):
+    """A TestClient over HTTPS (the session cookie is Secure) logged in as a new user, sending its CSRF token."""
+    from fastapi.testclient import TestClient
+
+    from ctriage.service.auth import add_user
+
+    add_user(sessions, username, PASSWORD, role)
+    client = TestClient(app, base_url="https://testserver")
+    assert client.post("/api/login", json={"username": username, "password": PASSWORD}).status_code == 200
+    client.headers["X-CSRF-Token"] = client.get("/api/me").json()["csrf_token"]
+    return client

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from ctriage.service.api import create_app
 from ctriage.service.db import DONE, INCOMPLETE, Study, utcnow
 from ctriage.service.runtime import Service
+from tests.service.conftest import logged_in
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -23,7 +24,8 @@ def service(config, analyze) -> Service:
 
 @pytest.fixture
 def client(service: Service) -> TestClient:
-    return TestClient(create_app(service))
+    """Logged in as an admin (who may also upload, retry and send)."""
+    return logged_in(create_app(service), service.sessions, "dr.house", "admin")
 
 
 def _upload_series(client: TestClient, folder: Path) -> int:
@@ -68,10 +70,10 @@ def test_upload_analyse_view_and_review(client: TestClient, service: Service, ct
     assert client.get(f"/api/studies/{study_id}/files/projection.png").content.startswith(PNG_MAGIC)
     assert client.get(f"/api/studies/{study_id}/files/..%2Fctriage.db").status_code == 404
 
-    assert client.post(f"/api/studies/{study_id}/review", json={"decision": "confirmed"}).status_code == 422
+    assert client.post(f"/api/studies/{study_id}/review", json={"decision": "maybe"}).status_code == 422
     saved = client.post(f"/api/studies/{study_id}/review", json={"decision": "rejected", "comment": "motion",
                                                                  "user": "form-user"},
-                        headers={"X-Remote-User": "dr.house"})
+                        headers={"X-Remote-User": "someone.else"})  # the reviewer is the logged-in user only
     assert saved.status_code == 200
     review = client.get(f"/api/studies/{study_id}").json()["reviews"][0]
     assert (review["decision"], review["comment"], review["user"]) == ("rejected", "motion", "dr.house")
@@ -94,7 +96,7 @@ def test_retry_failed_study(client: TestClient, service: Service, ct_series: Pat
     service.worker.run_once()
     failed = client.get(f"/api/studies/{study_id}").json()
     assert failed["status"] == INCOMPLETE and "slices" in failed["error"]
-    confirm = {"decision": "confirmed", "user": "x"}
+    confirm = {"decision": "confirmed"}
     assert client.post(f"/api/studies/{study_id}/review", json=confirm).status_code == 409
     assert client.post(f"/api/studies/{study_id}/retry").json()["status"] == "queued"
     assert client.post(f"/api/studies/{study_id}/retry").status_code == 409  # already queued
@@ -160,4 +162,4 @@ def test_worklist_filters(client: TestClient, worklist):
 def test_web_pages_are_served(client: TestClient):
     assert "worklist" in client.get("/").text
     assert "study.js" in client.get("/study.html").text
-    assert client.get("/api/health").json()["policies"] == ["identification", "severity", "combined"]
+    assert client.get("/api/me").json()["policies"] == ["identification", "severity", "combined"]

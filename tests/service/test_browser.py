@@ -1,11 +1,14 @@
 """End to end in a real browser (Debian's Chromium driven by Playwright) against the real HTTP server.
 
-Opens the worklist, opens the analysed study, scrolls through slices, toggles the lesion overlay and confirms
-the result with a comment, then checks the review stored with user and time.
+Logs in, opens the worklist, opens the analysed study, scrolls through slices, toggles the lesion overlay and
+confirms the result with a comment, then checks the review stored with the logged-in user and time; roles (what a
+radiologist does not see or may not do), the audit page, and a cross-site form post that must change nothing.
 """
 
 from __future__ import annotations
 
+import functools
+import http.server
 import shutil
 import threading
 from collections.abc import Iterator
@@ -15,9 +18,10 @@ import pytest
 import uvicorn
 
 from ctriage.service.api import create_app
-from ctriage.service.db import Study
+from ctriage.service.auth import add_user
+from ctriage.service.db import AuditEvent, Study
 from ctriage.service.runtime import Service
-from tests.service.conftest import store_series
+from tests.service.conftest import PASSWORD, free_port, store_series
 
 pytestmark = pytest.mark.integration
 
@@ -28,10 +32,12 @@ TIMEOUT_MS = 30_000
 
 @pytest.fixture
 def server(config, analyze, ct_series: Path) -> Iterator[tuple[str, Service]]:
-    """The real app on a free port, with one study received and analysed."""
+    """The real app on a free port, with one study received and analysed, a radiologist and an admin."""
     service = Service.create(config, analyze)
     store_series(service.store, ct_series)
     assert service.worker.run_once()
+    add_user(service.sessions, "dr.chase", PASSWORD, "radiologist")
+    add_user(service.sessions, "dr.cuddy", PASSWORD, "admin")
     uv = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=config.http_port,
                                        log_level="warning"))
     thread = threading.Thread(target=uv.run, daemon=True)
@@ -60,6 +66,17 @@ def page():
         browser.close()
 
 
+def _log_in(page, base: str, username: str, path: str = "/") -> None:
+    """Open ``path``, which sends the browser to the login page, log in there and come back to ``path``."""
+    page.goto(base + path)
+    page.wait_for_url("**/login.html?next=*")
+    page.locator("#username").fill(username)
+    page.locator("#password").fill(PASSWORD)
+    page.locator("#login").click()
+    page.wait_for_url(base + path)
+    page.locator("#account", has_text=username).wait_for()
+
+
 def _slice_shown(page, index: int, overlay: int) -> None:
     """Wait until the viewer displays slice ``index`` (0-based) with the overlay flag, fully loaded."""
     page.wait_for_function(
@@ -72,7 +89,8 @@ def _slice_shown(page, index: int, overlay: int) -> None:
 
 def test_worklist_study_scroll_overlay_confirm(server, page):
     base, service = server
-    page.goto(base + "/")
+    _log_in(page, base, "dr.chase")
+    assert page.locator("#upload-form").is_hidden()  # uploads are for admins
     row = page.locator("tr.row", has_text="CTRIAGE-TEST")
     row.wait_for()
     assert "done" in row.inner_text()
@@ -99,7 +117,7 @@ def test_worklist_study_scroll_overlay_confirm(server, page):
     assert page.locator("#projection").evaluate("img => img.complete && img.naturalWidth > 0")
     assert "ratio" in page.locator("#lungs-table").inner_text()
 
-    page.locator("#user").fill("dr.chase")
+    assert page.locator("#send").is_hidden() and page.locator("#reanalyse").is_hidden()
     page.locator("#comment").fill("bilateral GGO, agree")
     page.locator("#confirm").click()
     page.locator("#review-message", has_text="confirmed saved").wait_for()
@@ -110,3 +128,51 @@ def test_worklist_study_scroll_overlay_confirm(server, page):
         (review,) = session.get(Study, study_id).reviews
     assert (review.decision, review.user, review.comment) == ("confirmed", "dr.chase", "bilateral GGO, agree")
     assert review.created_at is not None
+
+
+def test_admin_reads_the_audit_trail(server, page):
+    base, service = server
+    _log_in(page, base, "dr.cuddy", "/study.html?id=1")
+    page.locator("#viewer").wait_for(state="visible")
+    assert page.locator("#send").is_visible() and page.locator("#reanalyse").is_visible()
+    page.locator("#comment").fill("agree")
+    page.locator("#confirm").click()
+    page.locator("#reviews li", has_text="dr.cuddy").wait_for()
+    page.locator("a[href='audit.html']").click()
+    page.wait_for_url("**/audit.html")
+    page.locator("tr.audit-row", has_text="confirmed").wait_for()
+    rows = page.locator("tr.audit-row").all_inner_texts()
+    assert any("dr.cuddy" in r and "view" in r for r in rows) and any("login" in r for r in rows)
+    with page.expect_download() as download:
+        page.locator("#csv").click()
+    assert "confirmed" in Path(download.value.path()).read_text()
+
+
+def test_a_radiologist_cannot_reach_admin_actions(server, page):
+    base, _service = server
+    _log_in(page, base, "dr.chase", "/audit.html")
+    page.locator("#audit-message", has_text="admin role").wait_for()
+    status = page.evaluate("""async () => (await api('/api/studies/1/retry', {method: 'POST'})).status""")
+    assert status == 403
+
+
+def test_a_cross_site_form_post_changes_nothing(server, page, tmp_path: Path):
+    """Another site's page, opened by a logged-in admin, posts a form to the retry endpoint: refused."""
+    base, service = server
+    _log_in(page, base, "dr.cuddy")
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "index.html").write_text(
+        f'<form id="f" method="post" action="{base}/api/studies/1/retry"></form>'
+        "<script>document.getElementById('f').submit()</script>")
+    port = free_port()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(evil))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as site:
+        threading.Thread(target=site.serve_forever, daemon=True).start()
+        page.goto(f"http://localhost:{port}/index.html")
+        page.wait_for_url(f"{base}/api/studies/1/retry")
+        assert page.locator("body").inner_text().strip().startswith("{")  # a refusal, in JSON
+        site.shutdown()
+    with service.sessions() as session:
+        assert session.get(Study, 1).status == "done"
+        assert not session.query(AuditEvent).filter(AuditEvent.action == "retry").count()

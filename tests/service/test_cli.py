@@ -38,7 +38,8 @@ def test_serve_runs_with_defaults_and_stops_cleanly(tmp_path: Path):
             except httpx.TransportError:
                 time.sleep(0.2)
         assert health is not None, process.stdout.read() if process.poll() is not None else "no answer"
-        assert (health["ae_title"], health["policy"]) == ("CTRIAGE", "combined")
+        assert health == {"status": "ok"}
+        assert httpx.get(f"http://127.0.0.1:{http_port}/api/studies").status_code == 401  # no login yet
         ae = AE(ae_title="ANYONE")
         ae.add_requested_context(Verification)
         assoc = ae.associate("127.0.0.1", dicom_port, ae_title="CTRIAGE")

@@ -29,7 +29,7 @@ import pydicom
 import pytest
 
 from tests.conftest import P001_DICOM, require
-from tests.service.conftest import free_port
+from tests.service.conftest import PASSWORD, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -163,25 +163,32 @@ def orthanc(tmp_path: Path, ports: dict[str, int]) -> Iterator[Orthanc]:
 
 @pytest.fixture
 def serve_ctriage(tmp_path: Path, ports: dict[str, int]):
-    """Start the real `ctriage serve` with settings written to a TOML file, as an admin would."""
+    """Start the real `ctriage serve` with settings written to a TOML file and a first admin created with
+    `ctriage users add`, as an admin would; returns an HTTP client logged in as that admin (plain HTTP on
+    loopback here, so the session cookie is not marked Secure)."""
     processes = []
 
     def start(**settings) -> httpx.Client:
         config = {"data_dir": str(tmp_path / "ctriage-data"), "ae_title": "CTRIAGE", "dicom_host": "127.0.0.1",
                   "dicom_port": ports["ctriage_dicom"], "http_port": ports["ctriage_http"],
-                  "quiet_period_s": 2.0, "allowed_calling_aets": ["ORTHANC"],
+                  "quiet_period_s": 2.0, "allowed_calling_aets": ["ORTHANC"], "secure_cookies": False,
                   "destination": f"ORTHANC@127.0.0.1:{ports['orthanc_dicom']}", **settings}
         lines = [f"{key} = {json.dumps(value)}" for key, value in config.items()]
         (tmp_path / "ctriage.toml").write_text("[service]\n" + "\n".join(lines) + "\n")
+        command = [sys.executable, "-c", "from ctriage.cli import app; app()"]
+        subprocess.run([*command, "users", "add", "pacs.admin", "--role", "admin", "--password-stdin", "--config",
+                        str(tmp_path / "ctriage.toml")], input=f"{PASSWORD}\n", text=True, check=True, cwd=tmp_path)
         log = open(tmp_path / "ctriage.log", "w")
         process = subprocess.Popen(
-            [sys.executable, "-c", "from ctriage.cli import app; app()", "serve", "--config",
-             str(tmp_path / "ctriage.toml")], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+            [*command, "serve", "--config", str(tmp_path / "ctriage.toml")], stdout=log, stderr=subprocess.STDOUT,
+            cwd=tmp_path,
         )
         processes.append((process, log))
         client = httpx.Client(base_url=f"http://127.0.0.1:{ports['ctriage_http']}", timeout=60)
         _wait(lambda: process.poll() is not None or _reachable(client, "/api/health"), 120, "ctriage serve")
         assert process.poll() is None, (tmp_path / "ctriage.log").read_text()[-3000:]
+        assert client.post("/api/login", json={"username": "pacs.admin", "password": PASSWORD}).status_code == 200
+        client.headers["X-CSRF-Token"] = client.get("/api/me").json()["csrf_token"]
         return client
 
     yield start

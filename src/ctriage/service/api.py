@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hmac
 import io
 import re
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlsplit
 
 import numpy as np
 import pydicom
-from fastapi import FastAPI, File, Header, HTTPException, Query, UploadFile
-from fastapi.responses import FileResponse, Response
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from pydicom.errors import InvalidDicomError
@@ -19,6 +23,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import selectinload
 
 from ctriage import triage
+from ctriage.service import audit, auth
 from ctriage.service.db import DONE, INCOMPLETE, STATUSES, Review, Study, as_utc, requeue
 from ctriage.service.pacs import DicomNetworkError
 from ctriage.service.render import WINDOWS_HU, slice_png
@@ -28,12 +33,50 @@ WEB_DIR = Path(__file__).parent / "web"
 _SAFE_FILE = re.compile(r"^[\w.-]+\.(png|json|nii\.gz|dcm)$")
 
 
+PUBLIC_PATHS = frozenset({"/login.html", "/login.js", "/common.js", "/style.css", "/api/login", "/api/health"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+VIEW_AUDIT_INTERVAL_S = 600.0  # views of one study by one user closer together than this are one audit line
+
+
 class ReviewIn(BaseModel):
-    """A radiologist's decision on a result."""
+    """A radiologist's decision on a result (the reviewer is the logged-in user)."""
 
     decision: Literal["confirmed", "rejected"]
     comment: str = Field(default="", max_length=4000)
-    user: str = Field(default="", max_length=128)
+
+
+class LoginIn(BaseModel):
+    """User name and password of a login."""
+
+    username: str = Field(max_length=64)
+    password: str = Field(max_length=1024)
+
+
+def _same_origin(request: Request) -> bool:
+    """A browser's write from another site carries its Origin: refused whatever the cookies (CSRF)."""
+    origin = request.headers.get("origin")
+    return origin is None or urlsplit(origin).netloc == request.headers.get("host", "")
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def user_of(request: Request) -> auth.SignedIn:
+    """The signed-in user of a request (set by the session check of every non-public path)."""
+    return request.state.user
+
+
+def admin_of(request: Request) -> auth.SignedIn:
+    """The signed-in user, who must be an admin (403 otherwise)."""
+    user = user_of(request)
+    if not user.is_admin:
+        raise HTTPException(403, "this needs the admin role")
+    return user
+
+
+UserDep = Annotated[auth.SignedIn, Depends(user_of)]
+AdminDep = Annotated[auth.SignedIn, Depends(admin_of)]
 
 
 @lru_cache(maxsize=8)
@@ -59,6 +102,66 @@ def create_app(service: Service) -> FastAPI:
     """The FastAPI application over a (started or not) :class:`Service`."""
     app = FastAPI(title="ctriage", version="1")
     sessions = service.sessions
+    config = service.config
+    recent_views: dict[tuple[str, int], float] = {}  # (user, study id) -> monotonic time of the last audited view
+
+    @app.middleware("http")
+    async def require_session(request: Request, call_next: Any) -> Response:
+        """Every path but the login page needs a session; every write needs the session's CSRF token."""
+        path = request.url.path
+        unsafe = request.method not in SAFE_METHODS
+        if unsafe and not _same_origin(request):
+            return JSONResponse({"detail": "cross-site request refused"}, 403)
+        if path in PUBLIC_PATHS:
+            return await call_next(request)
+        user = await run_in_threadpool(auth.signed_in, sessions, request.cookies.get(auth.SESSION_COOKIE))
+        if user is None:
+            if path.startswith("/api/"):
+                return JSONResponse({"detail": "not logged in"}, 401)
+            target = path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse("/login.html?next=" + quote(target, safe=""), 303)
+        if unsafe and not hmac.compare_digest(request.headers.get(auth.CSRF_HEADER, ""), user.csrf_token):
+            return JSONResponse({"detail": "missing or wrong CSRF token"}, 403)
+        request.state.user = user
+        return await call_next(request)
+
+    def audit_event(request: Request, action: str, study: Study | None = None, detail: str = "") -> None:
+        user = getattr(request.state, "user", None)
+        audit.record(
+            sessions,
+            action,
+            user=user.username if user else "",
+            host=_client(request),
+            study_id=study.id if study else None,
+            study_uid=study.study_uid if study else "",
+            detail=detail,
+        )
+
+    @app.post("/api/login")
+    def login(body: LoginIn, request: Request, response: Response) -> dict[str, str]:
+        """Check the user name and password and open a session (Secure, HttpOnly, SameSite=Strict cookie)."""
+        token = auth.log_in(sessions, body.username, body.password, config.session_hours)
+        if token is None:
+            audit.record(sessions, "login-failed", user=body.username, host=_client(request))
+            raise HTTPException(401, "wrong user name or password")
+        response.set_cookie(
+            auth.SESSION_COOKIE,
+            token,
+            max_age=int(config.session_hours * 3600),
+            httponly=True,
+            secure=config.secure_cookies,
+            samesite="strict",
+        )
+        audit.record(sessions, "login", user=body.username, host=_client(request))
+        return {"username": body.username}
+
+    @app.post("/api/logout")
+    def logout(request: Request, response: Response, user: UserDep) -> dict[str, str]:
+        """End the session."""
+        auth.log_out(sessions, request.cookies.get(auth.SESSION_COOKIE))
+        response.delete_cookie(auth.SESSION_COOKIE, httponly=True, secure=config.secure_cookies, samesite="strict")
+        audit_event(request, "logout")
+        return {"username": user.username}
 
     def load(study_id: int) -> Study:
         with sessions() as session:
@@ -70,11 +173,17 @@ def create_app(service: Service) -> FastAPI:
         return study
 
     @app.get("/api/health")
-    def health() -> dict[str, Any]:
-        """Liveness, and the DICOM / policy settings the UI shows."""
-        config = service.config
+    def health() -> dict[str, str]:
+        """Liveness (no login needed, nothing else said)."""
+        return {"status": "ok"}
+
+    @app.get("/api/me")
+    def me(user: UserDep) -> dict[str, Any]:
+        """The signed-in user, role and CSRF token, and the DICOM / policy settings the UI shows."""
         return {
-            "status": "ok",
+            "username": user.username,
+            "role": user.role,
+            "csrf_token": user.csrf_token,
             "ae_title": config.ae_title,
             "dicom_port": config.dicom_port,
             "policy": config.triage_policy,
@@ -125,9 +234,13 @@ def create_app(service: Service) -> FastAPI:
         return [s.summary() for s in _ranked(studies, policy)[:limit]]
 
     @app.get("/api/studies/{study_id}")
-    def get_study(study_id: int) -> dict[str, Any]:
-        """One study: worklist row, full report, all reviews and what the viewer needs."""
+    def get_study(study_id: int, request: Request) -> dict[str, Any]:
+        """One study: worklist row, full report, all reviews and what the viewer needs (audited as a view)."""
         study = load(study_id)
+        viewer = (user_of(request).username, study_id)
+        if time.monotonic() - recent_views.get(viewer, -VIEW_AUDIT_INTERVAL_S) >= VIEW_AUDIT_INTERVAL_S:
+            recent_views[viewer] = time.monotonic()  # the page polls while a study is analysed: one line per visit
+            audit_event(request, "view", study)
         n_slices = 0
         if study.status in (DONE, INCOMPLETE) and study.result_dir and (Path(study.result_dir) / "hu.npy").exists():
             n_slices = int(_viewer_arrays(study.result_dir)[0].shape[0])
@@ -175,48 +288,74 @@ def create_app(service: Service) -> FastAPI:
         return FileResponse(path)
 
     @app.post("/api/studies/{study_id}/retry")
-    def retry(study_id: int) -> dict[str, Any]:
-        """Queue a failed (or finished) study for analysis again."""
-        load(study_id)
+    def retry(study_id: int, request: Request, _admin: AdminDep) -> dict[str, Any]:
+        """Queue a failed, incomplete or finished study for analysis again (admin)."""
+        study = load(study_id)
         if not requeue(sessions, study_id):
-            raise HTTPException(409, "only failed or finished studies can be retried")
+            raise HTTPException(409, "only failed, incomplete or finished studies can be retried")
+        audit_event(request, "retry", study)
         return load(study_id).summary()
 
     @app.post("/api/studies/{study_id}/send")
-    def send(study_id: int) -> dict[str, str]:
-        """Send the study's SEG / SR / SC to the configured destination again."""
-        load(study_id)
-        return {"send_status": service.worker.send_results(study_id)}
+    def send(study_id: int, request: Request, _admin: AdminDep) -> dict[str, str]:
+        """Send the study's SEG / SR / SC to the configured destination again (admin)."""
+        study = load(study_id)
+        outcome = service.worker.send_results(study_id)
+        audit_event(request, "send", study, outcome)
+        return {"send_status": outcome}
 
     @app.post("/api/studies/{study_id}/review")
-    def review(
-        study_id: int, body: ReviewIn, x_remote_user: Annotated[str | None, Header()] = None
-    ) -> dict[str, Any]:
-        """Confirm or reject a result with a comment; user: the proxy's X-Remote-User, else the form's."""
+    def review(study_id: int, body: ReviewIn, request: Request, user: UserDep) -> dict[str, Any]:
+        """Confirm or reject a result with a comment, as the logged-in user."""
         study = load(study_id)
         if study.status != DONE:
-            raise HTTPException(409, "only analysed studies can be reviewed")
-        user = (x_remote_user or body.user).strip()
-        if not user:
-            raise HTTPException(422, "a user name is required")
+            raise HTTPException(409, "only analysed, complete studies can be reviewed")
         with sessions.begin() as session:
-            row = Review(study_id=study_id, decision=body.decision, comment=body.comment, user=user)
+            row = Review(study_id=study_id, decision=body.decision, comment=body.comment, user=user.username)
             session.add(row)
             session.flush()
-            return row.to_dict()
+            saved = row.to_dict()
+        audit_event(request, body.decision, study, body.comment)
+        return saved
+
+    @app.get("/api/audit")
+    def audit_trail(
+        _admin: AdminDep,
+        action: str | None = None,
+        study_id: int | None = None,
+        limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+    ) -> list[dict[str, Any]]:
+        """The newest audit events, newest first (admin)."""
+        return [e.to_dict() for e in audit.events(sessions, action, study_id, limit)]
+
+    @app.get("/api/audit.csv")
+    def audit_csv(
+        _admin: AdminDep,
+        action: str | None = None,
+        study_id: int | None = None,
+        limit: Annotated[int, Query(ge=1, le=1_000_000)] = 100_000,
+    ) -> Response:
+        """The audit trail as a CSV download (admin)."""
+        text = audit.to_csv(audit.events(sessions, action, study_id, limit))
+        headers = {"Content-Disposition": 'attachment; filename="ctriage-audit.csv"'}
+        return Response(text, media_type="text/csv; charset=utf-8", headers=headers)
 
     @app.post("/api/pull")
-    def pull_now() -> dict[str, Any]:
-        """Query the configured PACS for new CT studies now and retrieve them."""
+    def pull_now(request: Request, _admin: AdminDep) -> dict[str, Any]:
+        """Query the configured PACS for new CT studies now and retrieve them (admin)."""
         if service.config.pacs is None:
             raise HTTPException(409, "no PACS configured")
         try:
-            return {"retrieved": service.pull()}
+            retrieved = service.pull()
         except DicomNetworkError as exc:
             raise HTTPException(502, str(exc)) from exc
+        audit_event(request, "pull", detail=f"{len(retrieved)} new studies: {' '.join(retrieved)}")
+        return {"retrieved": retrieved}
 
     @app.post("/api/upload")
-    async def upload(files: Annotated[list[UploadFile], File()]) -> dict[str, Any]:
+    async def upload(
+        files: Annotated[list[UploadFile], File()], request: Request, _admin: AdminDep
+    ) -> dict[str, Any]:
         """Upload a study (the DICOM files of a folder, or a NIfTI file); queued at once, no quiet period."""
         studies: set[str] = set()
         nifti_ids: list[int] = []
@@ -241,6 +380,9 @@ def create_app(service: Service) -> FastAPI:
             )
         if not ids and not nifti_ids:
             raise HTTPException(422, "no DICOM or NIfTI file in the upload")
+        await run_in_threadpool(
+            audit_event, request, "upload", None, f"studies {sorted(ids + nifti_ids)}, {len(files)} files"
+        )
         return {"study_ids": sorted(ids + nifti_ids), "ignored": ignored}
 
     app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")

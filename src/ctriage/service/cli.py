@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,6 +12,8 @@ import typer
 from ctriage.service.config import ServiceConfig, load_config
 
 app = typer.Typer(help="Triage service: DICOM listener, workers, REST API and web UI.", no_args_is_help=True)
+users_app = typer.Typer(help="Web UI users (radiologist or admin), kept in the service database.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file (or $CTRIAGE_CONFIG).")]
 DataDirOpt = Annotated[Path | None, typer.Option(help="Folder for the database, received studies and results.")]
@@ -133,3 +136,78 @@ def pull(
     finally:
         service.stop()
     typer.echo(f"retrieved {len(fetched)} new study(ies)" + "".join(f"\n  {uid}" for uid in fetched))
+
+
+PasswordStdinOpt = Annotated[
+    bool, typer.Option("--password-stdin", help="Read the password from the first line of standard input.")
+]
+
+
+def _user_db(config: Path | None, data_dir: Path | None) -> Any:
+    """Session factory of the service database named by the settings."""
+    from ctriage.service.db import open_db
+
+    settings = _config(config, data_dir=data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return open_db(settings.db_url)
+
+
+def _password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+
+def _user_change(action: str, config: Path | None, data_dir: Path | None, username: str, **change: Any) -> None:
+    """Apply ``auth.add_user`` (action "user-added") or ``auth.change_user``, audit it, or exit 2 with the reason."""
+    from ctriage.service import audit, auth
+
+    sessions = _user_db(config, data_dir)
+    try:
+        if action == "user-added":
+            auth.add_user(sessions, username, **change)
+        else:
+            auth.change_user(sessions, username, **change)
+    except auth.AuthError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    said = ", ".join(f"{k}={v}" for k, v in change.items() if k != "password" and v is not None)
+    detail = f"{username}: {said}" + (", new password" if change.get("password") else "")
+    audit.record(sessions, action, user="command line", detail=detail)
+    typer.echo(f"{action}: {detail}")
+
+
+@users_app.command("add")
+def users_add(
+    username: str,
+    role: Annotated[str, typer.Option(help="radiologist (review) or admin (also retry, send, delete, audit).")],
+    password_stdin: PasswordStdinOpt = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Create a user (the first admin too: there is no default account); asks for the password."""
+    _user_change("user-added", config, data_dir, username, password=_password(password_stdin), role=role)
+
+
+@users_app.command("set")
+def users_set(
+    username: str,
+    password: Annotated[bool, typer.Option("--password", help="Set a new password (asked for).")] = False,
+    password_stdin: PasswordStdinOpt = False,
+    role: Annotated[str | None, typer.Option(help="New role.")] = None,
+    active: Annotated[bool | None, typer.Option("--enable/--disable", help="Allow or refuse logins.")] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Change a user's password, role or whether they may log in; their open sessions end."""
+    new_password = _password(password_stdin) if password or password_stdin else None
+    _user_change("user-changed", config, data_dir, username, password=new_password, role=role, active=active)
+
+
+@users_app.command("list")
+def users_list(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
+    """Print the users: name, role, active or disabled."""
+    from ctriage.service.auth import list_users
+
+    for name, role, active in list_users(_user_db(config, data_dir)):
+        typer.echo(f"{name}\t{role}\t{'active' if active else 'disabled'}")

@@ -61,6 +61,8 @@ class ServiceConfig:
     pull_days: int = 1  # query studies from today and the days before
     destination: DicomNode | None = None  # receives SEG / SR (and secondary capture) by C-STORE
     send_secondary_capture: bool = True
+    secure_cookies: bool = True  # session cookie only over HTTPS (the reverse proxy's TLS); false: plain-HTTP tests
+    session_hours: float = 12.0  # a login lasts this long
 
     @property
     def db_url(self) -> str:
@@ -91,9 +93,9 @@ def _coerce(name: str, value: Any) -> Any:
         return tuple(str(v).strip() for v in items if str(v).strip())
     if name in ("dicom_port", "http_port", "workers", "pull_days"):
         return int(value)
-    if name in ("quiet_period_s", "poll_interval_s", "pull_interval_s"):
+    if name in ("quiet_period_s", "poll_interval_s", "pull_interval_s", "session_hours"):
         return float(value)
-    if name == "send_secondary_capture":
+    if name in ("send_secondary_capture", "secure_cookies"):
         return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
     return str(value)
 

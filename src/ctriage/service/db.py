@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -165,6 +166,68 @@ class Review(Base):
         }
 
 
+class User(Base):
+    """A person who logs in to the web UI / API (see ``auth``): Argon2 password hash, role, active or not."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    role: Mapped[str] = mapped_column(String(16))  # radiologist or admin
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LoginSession(Base):
+    """An open login: SHA-256 of the cookie's token (the token itself is never stored), CSRF token, expiry."""
+
+    __tablename__ = "login_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEvent(Base):
+    """One line of the append-only audit trail (see ``audit``): who did what to which study, from where."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    user: Mapped[str] = mapped_column(String(128), default="")  # user name, or the calling AE title for DICOM
+    host: Mapped[str] = mapped_column(String(64), default="")  # client address
+    action: Mapped[str] = mapped_column(String(32), index=True)
+    study_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # no foreign key: outlives a deletion
+    study_uid: Mapped[str] = mapped_column(String(128), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready audit line."""
+        return {
+            "id": self.id,
+            "at": _iso(self.at),
+            "user": self.user,
+            "host": self.host,
+            "action": self.action,
+            "study_id": self.study_id,
+            "study_uid": self.study_uid,
+            "detail": self.detail,
+        }
+
+
+APPEND_ONLY_TRIGGERS = (  # SQLite: the audit trail cannot be changed or deleted through SQL either
+    "CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit_events "
+    "BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit_events "
+    "BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END",
+)
+
+
 def _iso(value: datetime | None) -> str | None:
     if value is None:
         return None
@@ -192,6 +255,10 @@ def open_db(url: str) -> sessionmaker[Session]:
         event.listen(engine, "connect", _sqlite_pragmas)
     Base.metadata.create_all(engine)
     _add_new_columns(engine)
+    if is_sqlite:
+        with engine.begin() as connection:
+            for trigger in APPEND_ONLY_TRIGGERS:
+                connection.execute(text(trigger))
     return sessionmaker(engine, expire_on_commit=False)
 
 

@@ -1,14 +1,7 @@
 "use strict";
 // Study page: slice viewer over server-rendered PNGs, report figures, confirm / reject with comment.
-const $ = (id) => document.getElementById(id);
 const studyId = new URLSearchParams(window.location.search).get("id");
 const state = { index: 0, count: 0, window: "lung" };
-
-function text(value) {
-  const span = document.createElement("span");
-  span.textContent = value ?? "";
-  return span.innerHTML;
-}
 
 function sliceUrl() {
   const overlay = $("overlay").checked ? 1 : 0;
@@ -54,7 +47,7 @@ function renderReviews(reviews) {
 }
 
 async function load() {
-  const response = await fetch(`/api/studies/${studyId}`);
+  const response = await api(`/api/studies/${studyId}`);
   if (!response.ok) { $("title").textContent = "No such study"; return null; }
   const study = await response.json();
   $("title").textContent = `${study.patient_name || ""} ${study.patient_id || ""} ${study.study_date || ""}`;
@@ -77,10 +70,9 @@ async function load() {
 }
 
 async function review(decision) {
-  localStorage.setItem("ctriage-user", $("user").value);
-  const response = await fetch(`/api/studies/${studyId}/review`, {
+  const response = await api(`/api/studies/${studyId}/review`, {
     method: "POST", headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ decision, comment: $("comment").value, user: $("user").value }),
+    body: JSON.stringify({ decision, comment: $("comment").value }),
   });
   const body = await response.json();
   $("review-message").textContent = response.ok ? `${body.decision} saved` : body.detail;
@@ -88,13 +80,14 @@ async function review(decision) {
 }
 
 async function post(path) {
-  const response = await fetch(`/api/studies/${studyId}/${path}`, { method: "POST" });
+  const response = await api(`/api/studies/${studyId}/${path}`, { method: "POST" });
   if (!response.ok) alert((await response.json()).detail);
   await load();
 }
 
 async function init() {
-  const health = await (await fetch("/api/health")).json();
+  const health = await signIn();
+  if (!health) return;
   $("windows").innerHTML = health.windows.map(
     (w) => `<button data-window="${w}" class="${w === state.window ? "active" : ""}">${w}</button>`).join("");
   for (const button of document.querySelectorAll("#windows button")) {
@@ -104,7 +97,6 @@ async function init() {
       show(state.index);
     });
   }
-  $("user").value = localStorage.getItem("ctriage-user") || "";
   $("slice").addEventListener("wheel", (event) => { event.preventDefault(); show(state.index + Math.sign(event.deltaY)); });
   $("slice").addEventListener("keydown", (event) => {
     if (event.key === "ArrowUp") show(state.index - 1);

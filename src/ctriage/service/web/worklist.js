@@ -1,16 +1,9 @@
 "use strict";
 // Worklist page: filters map onto GET /api/studies query parameters; the server orders by triage policy.
-const $ = (id) => document.getElementById(id);
 const REFRESH_MS = 5000;
 
 function fmt(value, digits) {
   return value === null || value === undefined ? "" : Number(value).toFixed(digits);
-}
-
-function text(value) {
-  const span = document.createElement("span");
-  span.textContent = value ?? "";
-  return span.innerHTML;
 }
 
 function query() {
@@ -53,7 +46,7 @@ function sorted(studies) {
 }
 
 async function refresh() {
-  const response = await fetch("/api/studies?" + query());
+  const response = await api("/api/studies?" + query());
   if (!response.ok) return;
   const studies = sorted(await response.json());
   $("worklist").innerHTML = studies.map((s) => row(s, s.rank)).join("");
@@ -64,7 +57,8 @@ async function refresh() {
 }
 
 async function init() {
-  const health = await (await fetch("/api/health")).json();
+  const health = await signIn();
+  if (!health) return;
   $("node").textContent = `AE ${health.ae_title} port ${health.dicom_port}`;
   $("policy").innerHTML = health.policies.map(
     (p) => `<option ${p === health.policy ? "selected" : ""}>${p}</option>`).join("");
@@ -77,7 +71,7 @@ async function init() {
     event.preventDefault();
     const form = new FormData();
     for (const f of [...$("upload-files").files, ...$("upload-nifti").files]) form.append("files", f, f.name);
-    const response = await fetch("/api/upload", { method: "POST", body: form });
+    const response = await api("/api/upload", { method: "POST", body: form });
     const body = await response.json();
     $("upload-result").textContent = response.ok ? `queued study ${body.study_ids.join(", ")}` : body.detail;
     refresh();

@@ -1,0 +1,43 @@
+"use strict";
+// Shared by the pages: element lookup, HTML escaping, the signed-in user and API calls that carry the CSRF token.
+const $ = (id) => document.getElementById(id);
+const session = { user: null };
+
+function text(value) {
+  const span = document.createElement("span");
+  span.textContent = value ?? "";
+  return span.innerHTML;
+}
+
+function toLogin() {
+  window.location = "login.html?next=" + encodeURIComponent(window.location.pathname + window.location.search);
+}
+
+// fetch() for the API: sends the session's CSRF token on writes, goes to the login page when the session ended.
+async function api(path, options = {}) {
+  const method = (options.method || "GET").toUpperCase();
+  const headers = { ...(options.headers || {}) };
+  if (method !== "GET" && session.user) headers["X-CSRF-Token"] = session.user.csrf_token;
+  const response = await fetch(path, { ...options, method, headers, credentials: "same-origin" });
+  if (response.status === 401) toLogin();
+  return response;
+}
+
+// Who is signed in (and the service settings); shows the name, role and a logout button in the header.
+async function signIn() {
+  const response = await api("/api/me");
+  if (!response.ok) return null;
+  session.user = await response.json();
+  const box = $("account");
+  if (box) {
+    box.innerHTML = `${text(session.user.username)} (${text(session.user.role)}) ` +
+      (session.user.role === "admin" ? '<a href="audit.html">audit trail</a> ' : "") +
+      '<button id="logout">Log out</button>';
+    $("logout").addEventListener("click", async () => {
+      await api("/api/logout", { method: "POST" });
+      window.location = "login.html";
+    });
+  }
+  for (const element of document.querySelectorAll(".admin-only")) element.hidden = session.user.role !== "admin";
+  return session.user;
+}
