@@ -171,7 +171,7 @@ def serve_ctriage(tmp_path: Path, ports: dict[str, int]):
     def start(**settings) -> httpx.Client:
         config = {"data_dir": str(tmp_path / "ctriage-data"), "ae_title": "CTRIAGE", "dicom_host": "127.0.0.1",
                   "dicom_port": ports["ctriage_dicom"], "http_port": ports["ctriage_http"],
-                  "quiet_period_s": 2.0, "allowed_calling_aets": ["ORTHANC"], "secure_cookies": False,
+                  "quiet_period_s": 2.0, "allowed_peers": ["ORTHANC@127.0.0.1"], "secure_cookies": False,
                   "destination": f"ORTHANC@127.0.0.1:{ports['orthanc_dicom']}", **settings}
         lines = [f"{key} = {json.dumps(value)}" for key, value in config.items()]
         (tmp_path / "ctriage.toml").write_text("[service]\n" + "\n".join(lines) + "\n")

@@ -27,6 +27,7 @@ from ctriage.service import audit, auth
 from ctriage.service.db import DONE, INCOMPLETE, STATUSES, Review, Study, as_utc, requeue
 from ctriage.service.pacs import DicomNetworkError
 from ctriage.service.render import WINDOWS_HU, slice_png
+from ctriage.service.retention import delete_study
 from ctriage.service.runtime import Service
 
 WEB_DIR = Path(__file__).parent / "web"
@@ -295,6 +296,14 @@ def create_app(service: Service) -> FastAPI:
             raise HTTPException(409, "only failed, incomplete or finished studies can be retried")
         audit_event(request, "retry", study)
         return load(study_id).summary()
+
+    @app.delete("/api/studies/{study_id}")
+    def delete(study_id: int, request: Request, admin: AdminDep) -> dict[str, int]:
+        """Delete a study: received files, results and rows; the audit trail keeps the record (admin)."""
+        load(study_id)
+        if not delete_study(config, sessions, study_id, "delete", admin.username, _client(request)):
+            raise HTTPException(409, "the study is being analysed; delete it when it has finished")
+        return {"deleted": study_id}
 
     @app.post("/api/studies/{study_id}/send")
     def send(study_id: int, request: Request, _admin: AdminDep) -> dict[str, str]:

@@ -47,7 +47,9 @@ def serve(
     dicom_host: Annotated[str | None, typer.Option(help="DICOM listener bind address.")] = None,
     http_host: Annotated[str | None, typer.Option(help="HTTP bind address (0.0.0.0 for all).")] = None,
     http_port: Annotated[int | None, typer.Option(help="HTTP port of the web UI and API.")] = None,
-    allowed_calling_aets: Annotated[str | None, typer.Option(help="Comma-separated calling AE allow-list.")] = None,
+    allowed_peers: Annotated[
+        str | None, typer.Option(help="Comma-separated AE@host allowed to send (empty: this machine only).")
+    ] = None,
     pacs: PacsOpt = None,
     destination: Annotated[str | None, typer.Option(help="Where SEG / SR go, AE@host:port.")] = None,
     quiet_period_s: Annotated[float | None, typer.Option(help="Seconds without new instances = complete.")] = None,
@@ -71,7 +73,7 @@ def serve(
         dicom_host=dicom_host,
         http_host=http_host,
         http_port=http_port,
-        allowed_calling_aets=allowed_calling_aets,
+        allowed_peers=allowed_peers,
         pacs=pacs,
         destination=destination,
         quiet_period_s=quiet_period_s,

@@ -8,6 +8,7 @@ UI is on http://127.0.0.1:8080.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -46,9 +47,11 @@ class ServiceConfig:
     data_dir: Path = Path("ctriage-data")
     database_url: str = ""  # default: sqlite file <data_dir>/ctriage.db
     ae_title: str = "CTRIAGE"
-    dicom_host: str = "0.0.0.0"
+    dicom_host: str = "127.0.0.1"  # "0.0.0.0" to receive from the PACS (with allowed_peers)
     dicom_port: int = 11112
-    allowed_calling_aets: tuple[str, ...] = ()  # empty: accept any calling AE title
+    allowed_peers: tuple[str, ...] = ()  # "AE@host" that may associate; empty: only this machine (loopback)
+    min_free_disk_mb: float = 2048.0  # refuse new DICOM associations below this much free space on data_dir's disk
+    retention_days: float = 30.0  # delete received studies and their results this long after arrival; 0: never
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     quiet_period_s: float = 30.0
@@ -71,7 +74,7 @@ class ServiceConfig:
 
     @property
     def studies_dir(self) -> Path:
-        """Received instances, one folder per StudyInstanceUID; never deleted by ctriage."""
+        """Received instances, one folder per StudyInstanceUID; deleted after ``retention_days``."""
         return self.data_dir / "studies"
 
     @property
@@ -88,12 +91,18 @@ def _coerce(name: str, value: Any) -> Any:
         return Path(value)
     if name in ("pacs", "destination"):
         return None if value in ("", "none") else DicomNode.parse(value)
-    if name == "allowed_calling_aets":
+    if name == "allowed_peers":
         items = value.split(",") if isinstance(value, str) else value
-        return tuple(str(v).strip() for v in items if str(v).strip())
+        peers = tuple(str(v).strip() for v in items if str(v).strip())
+        for peer in peers:
+            if not re.fullmatch(r"[^@\s]+@[^@\s]+", peer):
+                raise ValueError(f"allowed_peers: {peer!r}: expected AE_TITLE@host (IP address, network or name)")
+        return peers
     if name in ("dicom_port", "http_port", "workers", "pull_days"):
         return int(value)
-    if name in ("quiet_period_s", "poll_interval_s", "pull_interval_s", "session_hours"):
+    if name in (
+        "quiet_period_s", "poll_interval_s", "pull_interval_s", "session_hours", "min_free_disk_mb", "retention_days"
+    ):
         return float(value)
     if name in ("send_secondary_capture", "secure_cookies"):
         return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")

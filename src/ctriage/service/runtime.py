@@ -13,6 +13,7 @@ from ctriage.service import pacs
 from ctriage.service.config import ServiceConfig
 from ctriage.service.db import open_db, recover_interrupted
 from ctriage.service.jobs import Analyze, Worker, default_analyze
+from ctriage.service.retention import RETENTION_CHECK_S, purge_expired
 from ctriage.service.scp import start_listener
 from ctriage.service.store import StudyStore
 
@@ -30,6 +31,7 @@ class Service:
     listener: ThreadedAssociationServer | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _puller: threading.Thread | None = None
+    _retention: threading.Thread | None = None
 
     @classmethod
     def create(cls, config: ServiceConfig, analyze: Analyze = default_analyze) -> Service:
@@ -50,6 +52,9 @@ class Service:
             self.listener = start_listener(self.config, self.store)
         if work:
             self.worker.start()
+        if work and self.config.retention_days > 0:
+            self._retention = threading.Thread(target=self._retention_loop, name="ctriage-retention", daemon=True)
+            self._retention.start()
         if periodic_pull and self.config.pacs is not None and self.config.pull_interval_s > 0:
             self._puller = threading.Thread(target=self._pull_loop, name="ctriage-pull", daemon=True)
             self._puller.start()
@@ -61,8 +66,9 @@ class Service:
             self.listener.shutdown()
             self.listener = None
         self.worker.stop()
-        if self._puller is not None:
-            self._puller.join(timeout=30)
+        for thread in (self._puller, self._retention):
+            if thread is not None:
+                thread.join(timeout=30)
 
     def pull(self) -> list[str]:
         """One C-FIND + retrieve round against the configured PACS; returns the retrieved study UIDs."""
@@ -77,3 +83,13 @@ class Service:
             except (pacs.DicomNetworkError, OSError) as exc:
                 log.warning("pull from %s failed: %s", self.config.pacs, exc)
             self._stop.wait(self.config.pull_interval_s)
+
+    def _retention_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                deleted = purge_expired(self.config, self.sessions)
+                if deleted:
+                    log.info("retention: deleted %d study(ies) older than %g days", deleted, self.config.retention_days)
+            except OSError:
+                log.exception("retention: cannot delete")
+            self._stop.wait(RETENTION_CHECK_S)

@@ -110,6 +110,11 @@ async function init() {
   $("retry").addEventListener("click", () => post("retry"));
   $("reanalyse").addEventListener("click", () => post("retry"));
   $("send").addEventListener("click", () => post("send"));
+  $("delete").addEventListener("click", async () => {
+    if (!window.confirm("Delete this study's images, results and reviews from ctriage?")) return;
+    const response = await api(`/api/studies/${studyId}`, { method: "DELETE" });
+    if (response.ok) window.location = "index.html"; else alert((await response.json()).detail);
+  });
   const study = await load();
   if (study && study.status !== "done" && study.status !== "failed") {
     const timer = setInterval(async () => {
