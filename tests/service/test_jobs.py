@@ -40,7 +40,7 @@ def test_received_study_is_analysed_with_all_outputs(config, ct_series: Path, an
     result_dir = Path(study.result_dir)
     for name in ("report.json", "projection.png", "lungs.nii.gz", "lesions.nii.gz", "hu.npy", "lesion.npy"):
         assert (result_dir / name).is_file(), name
-    assert sorted(p.name for p in (result_dir / "dicom").iterdir()) == ["sc.dcm", "seg.dcm", "sr.dcm"]
+    assert not (result_dir / "dicom").exists()  # no destination: no DICOM results are built
     assert not service.worker.run_once()  # nothing left
 
 
@@ -118,7 +118,8 @@ def archive(config):
     server.shutdown()
 
 
-def test_results_are_sent_to_the_destination(config, ct_series: Path, analyze, archive):
+def test_results_are_sent_to_the_destination_and_replaced_by_a_reanalysis(config, ct_series: Path, analyze,
+                                                                          archive):
     node, received = archive
     service = Service.create(replace(config, destination=node), analyze)
     store_series(service.store, ct_series)
@@ -127,6 +128,18 @@ def test_results_are_sent_to_the_destination(config, ct_series: Path, analyze, a
     assert study.send_status.startswith("sent 3 objects to ARCHIVE@127.0.0.1"), study.send_status
     assert sorted(ds.Modality for ds in received) == ["OT", "SEG", "SR"]
     assert {ds.StudyInstanceUID for ds in received} == {study.study_uid}
+    assert {ds.InstanceNumber for ds in received} == {1}
+
+    assert requeue(service.sessions, study.id)  # analysed again: the new objects replace the ones sent
+    service.worker.run_once()
+    first, second = {ds.Modality: ds for ds in received[:3]}, {ds.Modality: ds for ds in received[3:]}
+    for modality in ("SEG", "SR", "OT"):
+        assert second[modality].SeriesInstanceUID == first[modality].SeriesInstanceUID, modality
+        assert second[modality].SOPInstanceUID != first[modality].SOPInstanceUID
+        assert second[modality].InstanceNumber == 2
+    (predecessor,) = second["SR"].PredecessorDocumentsSequence
+    assert predecessor.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == (
+        first["SR"].SOPInstanceUID)
 
 
 def test_unreachable_destination_is_recorded(config, ct_series: Path, analyze):
@@ -143,7 +156,8 @@ def test_dicom_output_problem_keeps_the_analysis(config, ct_series: Path, analyz
         result.volume.slice_files = result.volume.slice_files[:-1]
         return result
 
-    service = Service.create(config, analyse_with_bad_slice_list)
+    nobody = DicomNode("NOBODY", "127.0.0.1", free_port())  # DICOM results are built only with a destination
+    service = Service.create(replace(config, destination=nobody), analyse_with_bad_slice_list)
     store_series(service.store, ct_series)
     service.worker.run_once()
     study = _study(service)

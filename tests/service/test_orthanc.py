@@ -4,7 +4,8 @@ Orthanc cannot be told to listen on loopback only, so each test re-runs itself i
 (``unshare --net``, only ``lo`` up) where Orthanc, `ctriage serve` and the test client talk over 127.0.0.1.
 
 - push: the CT is stored in Orthanc, Orthanc C-STOREs it to ctriage, ctriage analyses it after the quiet period
-  and C-STOREs SEG, SR and a secondary capture back; the test finds them in Orthanc's copy of the study;
+  and C-STOREs SEG, SR and a secondary capture back; the test finds them in Orthanc's copy of the study; a
+  re-analysis sends new versions into the same three series;
 - pull: ctriage C-FINDs Orthanc for today's CT studies and retrieves the new one (C-MOVE to its own listener or
   C-GET), on POST /api/pull or by itself every pull_interval_s, analyses it and sends the results back;
 - a partial series: the upper half of P001 is pushed alone and reads as incomplete (lungs cut), nothing is sent;
@@ -246,6 +247,14 @@ def test_push_from_pacs_analysis_and_results_back(request, ct_series: Path, tmp_
     row = _analysed(ctriage, study_uid, tmp_path / "ctriage.log")
     assert row["source"] == "push" and row["n_instances"] == 20
     _results_in_pacs(orthanc, ctriage, row, ct_series)
+
+    assert ctriage.post(f"/api/studies/{row['id']}/retry").status_code == 200  # a re-analysis replaces them
+    row = _analysed(ctriage, study_uid, tmp_path / "ctriage.log", attempts=2)
+    assert row["send_status"].startswith("sent 3 objects"), row["send_status"]
+    series = orthanc.http.post("/tools/find", json={"Level": "Series", "Query": {"StudyInstanceUID": study_uid},
+                                                    "Expand": True}).json()
+    by_modality = {s["MainDicomTags"]["Modality"]: len(s["Instances"]) for s in series}
+    assert by_modality == {"CT": 20, "SEG": 2, "SR": 2, "OT": 2}  # each result series holds both versions
 
 
 @pytest.mark.slow

@@ -3,6 +3,9 @@ secondary-capture image of the severity projection.
 
 All three reference the analysed CT series, so a PACS files them in the same study. Masks are in ctriage's
 canonical (z, y, x) grid; they are mapped back onto each source slice's stored pixel grid before encoding.
+
+A re-analysis replaces the objects sent before: each new object goes into the series of the one it replaces with
+the next instance number, and the new SR lists the SR it supersedes as its predecessor document.
 """
 
 from __future__ import annotations
@@ -111,21 +114,31 @@ SEGMENTS = (  # number, label, category, type, display colour (lesion colours as
 )
 
 
-def build_seg(result: Any, sources: list[pydicom.Dataset]) -> hd.seg.Segmentation:
+def _series(replaces: pydicom.Dataset | None) -> tuple[str, int]:
+    """Series UID and instance number of a new object: the replaced object's series and the next number."""
+    if replaces is None:
+        return generate_uid(), 1
+    return str(replaces.SeriesInstanceUID), int(replaces.get("InstanceNumber") or 0) + 1
+
+
+def build_seg(
+    result: Any, sources: list[pydicom.Dataset], replaces: pydicom.Dataset | None = None
+) -> hd.seg.Segmentation:
     """DICOM SEG with GGO, consolidation, right and left lung as binary segments over the source slices."""
     masks = np.stack(
         [result.lesion_mask == 1, result.lesion_mask == 2, result.lung_right, result.lung_left], axis=-1
     )
     stored = np.stack([to_stored_grid(masks[..., i], result.volume.affine, sources[0]) for i in range(4)], -1)
+    series_uid, instance_number = _series(replaces)
     return hd.seg.Segmentation(
         source_images=sources,
         pixel_array=stored.astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[_segment(*s) for s in SEGMENTS],
-        series_instance_uid=generate_uid(),
+        series_instance_uid=series_uid,
         series_number=SEG_SERIES_NUMBER,
         sop_instance_uid=generate_uid(),
-        instance_number=1,
+        instance_number=instance_number,
         manufacturer=MANUFACTURER,
         manufacturer_model_name="ctriage",
         software_versions=ctriage.__version__,
@@ -176,9 +189,10 @@ def _study_group(report: dict[str, Any]) -> hd.sr.MeasurementsAndQualitativeEval
 
 
 def build_sr(
-    result: Any, sources: list[pydicom.Dataset], seg: hd.seg.Segmentation
+    result: Any, sources: list[pydicom.Dataset], seg: hd.seg.Segmentation, replaces: pydicom.Dataset | None = None
 ) -> hd.sr.Comprehensive3DSR:
-    """Measurement report (TID 1500): per-lung volumes and lesion share (referencing the SEG), scores."""
+    """Measurement report (TID 1500): per-lung volumes and lesion share (referencing the SEG), scores; the SR it
+    ``replaces`` (a header is enough) becomes its predecessor document."""
     groups: list[Any] = [
         _lung_group(result.severity.right, seg, 3, RIGHT_LUNG),
         _lung_group(result.severity.left, seg, 4, LEFT_LUNG),
@@ -197,31 +211,36 @@ def build_sr(
         procedure_reported=CHEST_CT,
         imaging_measurements=groups,
     )
+    series_uid, instance_number = _series(replaces)
     return hd.sr.Comprehensive3DSR(
         evidence=[*sources, seg],
         content=report,
-        series_instance_uid=generate_uid(),
+        series_instance_uid=series_uid,
         series_number=SR_SERIES_NUMBER,
         sop_instance_uid=generate_uid(),
-        instance_number=1,
+        instance_number=instance_number,
+        previous_versions=None if replaces is None else [replaces],
         manufacturer=MANUFACTURER,
         series_description="ctriage measurements",
         is_complete=True,
     )
 
 
-def build_sc(image_rgb: np.ndarray, reference: pydicom.Dataset) -> hd.sc.SCImage:
+def build_sc(
+    image_rgb: np.ndarray, reference: pydicom.Dataset, replaces: pydicom.Dataset | None = None
+) -> hd.sc.SCImage:
     """Secondary capture of an RGB summary image (the severity projection) in the study of ``reference``."""
+    series_uid, instance_number = _series(replaces)
     return hd.sc.SCImage.from_ref_dataset(
         ref_dataset=reference,
         pixel_array=np.ascontiguousarray(image_rgb[..., :3], dtype=np.uint8),
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        series_instance_uid=generate_uid(),
+        series_instance_uid=series_uid,
         series_number=SC_SERIES_NUMBER,
         sop_instance_uid=generate_uid(),
-        instance_number=1,
+        instance_number=instance_number,
         manufacturer=MANUFACTURER,
         patient_orientation=("L", "F"),
         series_description="ctriage severity projection",
@@ -229,16 +248,23 @@ def build_sc(image_rgb: np.ndarray, reference: pydicom.Dataset) -> hd.sc.SCImage
 
 
 def build_dicom_outputs(
-    result: Any, slice_files: list[Path], summary_rgb: np.ndarray | None = None
+    result: Any,
+    slice_files: list[Path],
+    summary_rgb: np.ndarray | None = None,
+    replaces: dict[str, pydicom.Dataset] | None = None,
 ) -> list[pydicom.Dataset]:
-    """SEG, SR and (with ``summary_rgb``) a secondary capture for a study read from single-frame DICOM."""
+    """SEG, SR and (with ``summary_rgb``) a secondary capture for a study read from single-frame DICOM.
+
+    ``replaces``: the objects of an earlier analysis that these replace, by Modality ("SEG", "SR", "OT").
+    """
     if len(slice_files) != result.lesion_mask.shape[0]:
         raise ValueError(f"{len(slice_files)} source files for {result.lesion_mask.shape[0]} slices")
+    replaces = replaces or {}
     sources = read_sources(slice_files)
-    seg = build_seg(result, sources)
-    outputs: list[pydicom.Dataset] = [seg, build_sr(result, sources, seg)]
+    seg = build_seg(result, sources, replaces.get("SEG"))
+    outputs: list[pydicom.Dataset] = [seg, build_sr(result, sources, seg, replaces.get("SR"))]
     if summary_rgb is not None:
-        outputs.append(build_sc(summary_rgb, sources[0]))
+        outputs.append(build_sc(summary_rgb, sources[0], replaces.get("OT")))
     return outputs
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ctriage.io.errors import IncompleteSeriesError, InputError
@@ -142,7 +143,8 @@ class Worker:
         report["completeness"] = {"complete": not reasons, "reasons": reasons}
         if reasons and report.get("identification"):
             report["identification"]["reliable"] = False
-        dicom_problem = "" if reasons else self._save_dicom(result, outdir)
+        # DICOM results are built only to be sent: for a complete series, with a destination
+        dicom_problem = "" if reasons or self.config.destination is None else self._save_dicom(result, study, outdir)
         will_send = not dicom_problem and self.config.destination is not None and (outdir / "dicom").is_dir()
         if dicom_problem:
             send_status = f"failed: cannot build DICOM results: {dicom_problem}"
@@ -160,8 +162,9 @@ class Worker:
         save_viewer_arrays(result, outdir)
         return result.to_dict()
 
-    def _save_dicom(self, result: Any, outdir: Path) -> str:
-        """Write SEG / SR / SC for single-frame DICOM input; returns why that failed ("" when it did not).
+    def _save_dicom(self, result: Any, study: Study, outdir: Path) -> str:
+        """Write SEG / SR / SC for single-frame DICOM input, replacing those of the study's latest earlier result;
+        returns why that failed ("" when it did not).
 
         A problem here (an unusual source header) leaves the analysis valid: it is reported as a send failure.
         """
@@ -177,11 +180,30 @@ class Worker:
             else None
         )
         try:
-            write_dicom_outputs(build_dicom_outputs(result, slice_files, summary), outdir / "dicom")
+            outputs = build_dicom_outputs(result, slice_files, summary, self._earlier_outputs(study.id))
+            write_dicom_outputs(outputs, outdir / "dicom")
         except Exception as exc:  # highdicom validation of third-party headers
             log.error("DICOM results of %s failed:\n%s", outdir, traceback.format_exc())
             return f"{type(exc).__name__}: {exc}"
         return ""
+
+    def _earlier_outputs(self, study_id: int) -> dict[str, Any]:
+        """Headers of the DICOM results of the study's latest earlier analysis that has them, by Modality."""
+        import pydicom
+
+        with self.sessions() as session:
+            folders = [
+                Path(a.result_dir) / "dicom"
+                for a in session.scalars(
+                    select(Analysis).where(Analysis.study_id == study_id).order_by(Analysis.id.desc())
+                )
+            ]
+        for folder in folders:
+            files = sorted(folder.glob("*.dcm")) if folder.is_dir() else []
+            if files:
+                headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+                return {str(ds.Modality): ds for ds in headers}
+        return {}
 
     def _fail(self, study_id: int, reason: str) -> None:
         log.warning("study %s failed: %s", study_id, reason)
