@@ -28,6 +28,9 @@ def lesions(
     lesion_class_weight: Annotated[float, typer.Option(help="Loss weight of GGO/consolidation vs background.")] = 1.0,
     real_ct: Annotated[bool, typer.Option(help="Also train on real CTs: lesion-free + synthetic-lesion crops.")] = True,
     real_share: Annotated[float, typer.Option(help="Share of real-CT slices in fine-tuning batches.")] = 0.5,
+    init_weights: Annotated[
+        Path | None, typer.Option(help="Start from these weights (a checkpoint written by an earlier run).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the validation split and of training.")] = 0,
     n_val: Annotated[int, typer.Option(help="MedSeg radiologist slices held out for validation.")] = 10,
     threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
@@ -60,6 +63,9 @@ def lesions(
                          learning_rate=learning_rate, seed=seed, lesion_class_weight=lesion_class_weight,
                          real_share=real_share if real_ct else 0.0)
     model = build_net(net, widths, space_to_depth=space_to_depth)
+    if init_weights is not None:
+        state = torch.load(init_weights)
+        model.load_state_dict(state.get("net", state))
     typer.echo(f"{net} {widths}: {sum(p.numel() for p in model.parameters())} parameters; "
                f"train {len(train.names)} + {len(binary.names)} binary + {[len(s.names) for s in real]} real-CT, "
                f"validation {val_names}")
@@ -82,6 +88,7 @@ def lesions(
                f"--pretrain-steps {pretrain_steps} --finetune-steps {finetune_steps} --batch-size {batch_size} "
                f"--learning-rate {learning_rate} --lesion-class-weight {lesion_class_weight} "
                f"--{'' if real_ct else 'no-'}real-ct --real-share {real_share} --seed {seed} "
+               + (f"--init-weights {init_weights} " if init_weights is not None else "") +
                f"--n-val {n_val} --export-dir {export_dir}")
     card = {
         "name": "lesions",

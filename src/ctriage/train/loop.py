@@ -143,13 +143,16 @@ def recalibrate_batch_norm(net: nn.Module, images: np.ndarray, batch_size: int =
     """Re-estimate batch-norm running statistics as a plain average over un-augmented uint8 ``images`` (N, H, W).
 
     With few small batches and a fast-moving optimiser the exponential running averages lag behind the
-    weights, and eval-mode predictions collapse; a pass over the stage's own slices fixes that.
+    weights, and eval-mode predictions collapse; a pass over the stage's own slices fixes that. The slices go in
+    a fixed shuffled order: batches of one source each (MedSeg, then real CTs) would miss the variance between
+    sources, and eval-mode activations would be scaled up until the outputs saturate.
     """
     norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average
     net.train()
+    images = images[np.random.default_rng(0).permutation(len(images))]
     for start in range(0, len(images), batch_size):
         net(torch.from_numpy(images[start:start + batch_size].astype(np.float32) / 255.0)[:, None])
     for norm in norms:
@@ -244,4 +247,7 @@ def train_lesion_net(
     dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, weight=torch.tensor([1.0, weight, weight]))
     run_stage(net, finetune, lambda logits, labels: dice_ce(logits, labels[:, None]), config.finetune_steps, config,
               evaluate, "finetune", calibration, probabilities)
+    if config.pretrain_steps + config.finetune_steps == 0:  # given weights only: statistics for these slices
+        recalibrate_batch_norm(net, calibration)
+        evaluate("given", 0)
     return history
