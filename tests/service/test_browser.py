@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import uvicorn
 
@@ -115,7 +116,8 @@ def test_worklist_study_scroll_overlay_confirm(server, page):
     page.locator("#overlay").check()
     _slice_shown(page, 10, 1)
     assert page.locator("#projection").evaluate("img => img.complete && img.naturalWidth > 0")
-    assert "ratio" in page.locator("#lungs-table").inner_text()
+    assert "Involved" in page.locator("#lungs-table").inner_text()  # labels, not report keys
+    assert "not for diagnostic use" in page.locator(".notice").inner_text()
 
     assert page.locator("#send").is_hidden() and page.locator("#reanalyse").is_hidden()
     page.locator("#comment").fill("bilateral GGO, agree")
@@ -176,3 +178,21 @@ def test_a_cross_site_form_post_changes_nothing(server, page, tmp_path: Path):
     with service.sessions() as session:
         assert session.get(Study, 1).status == "done"
         assert not session.query(AuditEvent).filter(AuditEvent.action == "retry").count()
+
+
+def test_viewer_opens_on_the_most_involved_slice_and_steps_through_lesions(server, page):
+    base, service = server
+    with service.sessions() as session:
+        lesion = np.load(Path(session.get(Study, 1).result_dir) / "lesion.npy", mmap_mode="r+")
+    lesion[4, 100:300, 100:300] = 1  # the most involved slice
+    lesion[15, 200:220, 200:220] = 2
+    lesion.flush()
+    _log_in(page, base, "dr.chase", "/study.html?id=1")
+    _slice_shown(page, 4, 1)
+    assert page.locator("#lesion-info").inner_text() == "2 slices with lesions"
+    page.locator("#next-lesion").click()
+    _slice_shown(page, 15, 1)
+    page.locator("#next-lesion").click()  # no further lesion: stays
+    page.locator("#prev-lesion").click()
+    _slice_shown(page, 4, 1)
+    assert page.locator(".side-r").inner_text() == "R" and page.locator(".side-l").inner_text() == "L"

@@ -242,9 +242,11 @@ def create_app(service: Service) -> FastAPI:
         if time.monotonic() - recent_views.get(viewer, -VIEW_AUDIT_INTERVAL_S) >= VIEW_AUDIT_INTERVAL_S:
             recent_views[viewer] = time.monotonic()  # the page polls while a study is analysed: one line per visit
             audit_event(request, "view", study)
-        n_slices = 0
+        n_slices, lesion_voxels = 0, np.zeros(0, np.int64)
         if study.status in (DONE, INCOMPLETE) and study.result_dir and (Path(study.result_dir) / "hu.npy").exists():
-            n_slices = int(_viewer_arrays(study.result_dir)[0].shape[0])
+            lesion = _viewer_arrays(study.result_dir)[1]
+            n_slices = int(lesion.shape[0])
+            lesion_voxels = np.count_nonzero(np.asarray(lesion).reshape(n_slices, -1), axis=1)
         folder = Path(study.result_dir) if study.result_dir else None
         files = sorted(p.name for p in folder.iterdir() if p.is_file()) if folder and folder.is_dir() else []
         return {
@@ -254,6 +256,8 @@ def create_app(service: Service) -> FastAPI:
             "analyses": [a.to_dict() for a in study.analyses],
             "expected_instances": study.expected_instances,
             "n_slices": n_slices,
+            "lesion_slices": np.flatnonzero(lesion_voxels).tolist(),  # z indices (head to feet) holding lesions
+            "most_involved_slice": int(np.argmax(lesion_voxels)) if lesion_voxels.any() else None,
             "files": files,
         }
 

@@ -9,6 +9,18 @@ function text(value) {
   return span.innerHTML;
 }
 
+// DICOM person name "Last^First^Middle" as "Last, First Middle".
+function personName(value) {
+  const [last, first, middle] = String(value || "").split("^");
+  const given = [first, middle].filter(Boolean).join(" ");
+  return given ? `${last}, ${given}` : (last || "");
+}
+
+// A ratio in [0, 1] as a percentage with one decimal ("" when unknown).
+function percent(ratio) {
+  return ratio === null || ratio === undefined ? "" : `${(100 * ratio).toFixed(1)} %`;
+}
+
 function toLogin() {
   window.location = "login.html?next=" + encodeURIComponent(window.location.pathname + window.location.search);
 }

@@ -1,7 +1,7 @@
 "use strict";
 // Study page: slice viewer over server-rendered PNGs, report figures, confirm / reject with comment.
 const studyId = new URLSearchParams(window.location.search).get("id");
-const state = { index: 0, count: 0, window: "lung" };
+const state = { index: 0, count: 0, window: "lung", lesionSlices: [] };
 
 function sliceUrl() {
   const overlay = $("overlay").checked ? 1 : 0;
@@ -16,28 +16,52 @@ function show(index) {
   $("slice").src = sliceUrl();
 }
 
+// Report keys as a radiologist reads them: label and how the value is shown (ratios in %, volumes in mL).
+const LABELS = {
+  max_ratio: ["Worse lung involved", percent], ratio: ["Involved", percent],
+  burden_percent: ["Total lesion burden", (v) => `${v.toFixed(1)} %`],
+  lung_ml: ["Lung volume", (v) => `${v.toFixed(0)} mL`], lesion_ml: ["Lesions", (v) => `${v.toFixed(1)} mL`],
+  ggo_ml: ["Ground-glass opacity", (v) => `${v.toFixed(1)} mL`],
+  consolidation_ml: ["Consolidation", (v) => `${v.toFixed(1)} mL`],
+};
+
+function label(key) { return (LABELS[key] || [key.replaceAll("_", " ")])[0]; }
+function shown(key, v) {
+  if (v === undefined || v === null) return "";
+  if (LABELS[key] && typeof v === "number") return LABELS[key][1](v);
+  return typeof v === "number" ? String(+v.toFixed(3)) : text(String(v));
+}
+
 function numberRows(object) {
   return Object.entries(object || {})
     .filter(([, v]) => v !== undefined && typeof v !== "object")
-    .map(([k, v]) => `<tr><td>${text(k)}</td><td>${typeof v === "number" ? +v.toFixed(3) : text(String(v))}</td></tr>`)
+    .map(([k, v]) => `<tr><td>${text(label(k))}</td><td>${shown(k, v)}</td></tr>`)
     .join("");
+}
+
+// Next (step 1) or previous (step -1) slice holding lesions, from the current one.
+function lesionStep(step) {
+  const ahead = state.lesionSlices.filter((z) => (step > 0 ? z > state.index : z < state.index));
+  if (ahead.length) show(step > 0 ? ahead[0] : ahead[ahead.length - 1]);
 }
 
 function renderReport(report) {
   const severity = report.severity || {};
   const ident = report.identification || {};
   $("summary").innerHTML = numberRows({
-    "COVID-19 probability": ident.probability, "threshold": ident.threshold,
-    "identified": ident.positive === undefined ? undefined : (ident.positive ? "positive" : "negative"),
+    "COVID-19 probability": ident.probability === undefined ? undefined : percent(ident.probability),
+    "threshold": ident.threshold === undefined ? undefined : percent(ident.threshold),
+    "identified": ident.positive === undefined ? undefined :
+      (ident.reliable === false ? "unreliable (incomplete series)" : (ident.positive ? "positive" : "negative")),
     "CT category": severity.ct_category === undefined ? undefined : "CT-" + severity.ct_category,
     ...Object.fromEntries(Object.entries(severity).filter(([k]) => !["left", "right", "ct_category"].includes(k))),
   });
   const left = severity.left || {};
   const right = severity.right || {};
   const keys = [...new Set([...Object.keys(right), ...Object.keys(left)])].filter((k) => typeof (right[k] ?? left[k]) !== "object");
-  const cell = (v) => (typeof v === "number" ? +v.toFixed(3) : text(v));
   $("lungs-table").innerHTML = "<tr><th></th><th>right</th><th>left</th></tr>" +
-    keys.map((k) => `<tr><td>${text(k)}</td><td>${cell(right[k])}</td><td>${cell(left[k])}</td></tr>`).join("");
+    keys.map((k) => `<tr><td>${text(label(k))}</td><td>${shown(k, right[k])}</td><td>${shown(k, left[k])}</td></tr>`)
+      .join("");
 }
 
 function renderReviews(reviews) {
@@ -50,20 +74,27 @@ async function load() {
   const response = await api(`/api/studies/${studyId}`);
   if (!response.ok) { $("title").textContent = "No such study"; return null; }
   const study = await response.json();
-  $("title").textContent = `${study.patient_name || ""} ${study.patient_id || ""} ${study.study_date || ""}`;
+  $("title").textContent = `${personName(study.patient_name)} ${study.patient_id || ""} ${study.study_date || ""}` +
+    ` ${study.accession_number ? "accession " + study.accession_number : ""}`;
   $("status").textContent = study.status + (study.progress ? `: ${study.progress}` : "");
   $("status").className = "status-" + study.status;
   $("failure").hidden = study.status !== "failed";
+  $("incomplete").hidden = study.status !== "incomplete";
+  $("incomplete").textContent = study.status === "incomplete" ? `Incomplete series: ${study.error}` : "";
+  $("review-panel").hidden = study.status !== "done";
   $("error").textContent = study.error;
   $("send-status").textContent = study.send_status || "not sent";
-  if (study.status === "done" && $("viewer").hidden) {
+  if (study.n_slices > 0 && $("viewer").hidden) {
     $("viewer").hidden = false;
     state.count = study.n_slices;
+    state.lesionSlices = study.lesion_slices;
+    $("lesion-info").textContent = study.lesion_slices.length ? `${study.lesion_slices.length} slices with lesions`
+      : "no lesions found";
     $("slider").max = state.count - 1;
     $("slice-count").textContent = state.count;
     if (study.files.includes("projection.png")) $("projection").src = `/api/studies/${studyId}/files/projection.png`;
     renderReport(study.report || {});
-    show(Math.floor(state.count / 2));
+    show(study.most_involved_slice ?? Math.floor(state.count / 2));  // the most involved slice first
   }
   renderReviews(study.reviews);
   return study;
@@ -103,6 +134,8 @@ async function init() {
     if (event.key === "ArrowDown") show(state.index + 1);
   });
   $("slider").addEventListener("input", () => show(Number($("slider").value)));
+  $("prev-lesion").addEventListener("click", () => lesionStep(-1));
+  $("next-lesion").addEventListener("click", () => lesionStep(1));
   $("overlay").addEventListener("change", () => show(state.index));
   $("lungs").addEventListener("change", () => show(state.index));
   $("confirm").addEventListener("click", () => review("confirmed"));

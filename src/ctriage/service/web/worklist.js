@@ -17,15 +17,18 @@ function query() {
 }
 
 function row(study, rank) {
-  const ident = study.probability === null ? "" : fmt(study.probability, 2);
+  const ident = study.probability === null ? "" : percent(study.probability);
   const review = study.review ? `${study.review.decision} (${text(study.review.user)})` : "";
-  const status = study.status + (study.progress ? `: ${study.progress}` : "") + (study.error ? " \u26a0" : "");
-  return `<tr class="row" data-id="${study.id}" title="${text(study.error)}">
-    <td>${rank}</td><td>${text(study.patient_name)} ${text(study.patient_id)}</td><td>${text(study.study_date)}</td>
-    <td>${text(study.accession_number)}</td><td class="status-${study.status}">${text(status)}</td>
-    <td class="${study.positive ? "pos" : ""}">${ident}${study.positive ? " +" : ""}</td>
+  const status = study.status + (study.progress ? `: ${study.progress}` : "");
+  const reason = study.error ? `<div class="reason">${text(study.error)}</div>` : "";
+  const flag = study.status === "incomplete" ? " (unreliable)" : (study.positive ? " positive" : "");
+  return `<tr class="row" data-id="${study.id}">
+    <td>${rank}</td><td>${text(personName(study.patient_name))} <span class="dim">${text(study.patient_id)}</span></td>
+    <td>${text(study.study_date)}</td><td>${text(study.accession_number)}</td>
+    <td class="status-${study.status}">${text(status)}${reason}</td>
+    <td class="${study.positive && study.status === "done" ? "pos" : ""}">${ident}${flag}</td>
     <td class="cat${study.ct_category ?? ""}">${study.ct_category === null ? "" : "CT-" + study.ct_category}</td>
-    <td>${fmt(study.max_ratio, 3)}</td><td>${new Date(study.received_at).toLocaleString()}</td><td>${review}</td></tr>`;
+    <td>${percent(study.max_ratio)}</td><td>${new Date(study.received_at).toLocaleString()}</td><td>${review}</td></tr>`;
 }
 
 // Column sort on top of the policy order: highest first for scores, earliest first for dates.
