@@ -147,13 +147,15 @@ def identification_command(
     """Fit the COVID-19 identification model (logistic over lesion-mask features), validate, export to ONNX."""
     from ctriage.evaluate.identification import lesion_model_segmenter, read_labels_csv
     from ctriage.models.registry import load_model
-    from ctriage.train.identification import train
+    from ctriage.train.identification import train, unseen_by_lesion_model
 
     root = data_root / "identification_slices"
-    items = read_labels_csv(root / "labels.csv", root)
-    if table_cache is not None:
+    lesion_card = load_model("lesions").card
+    items = unseen_by_lesion_model(read_labels_csv(root / "labels.csv", root), lesion_card)
+    if table_cache is not None:  # one cache per lesion model: the features are made from its masks
+        table_cache = table_cache.with_name(f"{table_cache.stem}-{lesion_card['version']}{table_cache.suffix}")
         table_cache.parent.mkdir(parents=True, exist_ok=True)
-    card = train(items, lesion_model_segmenter(), load_model("lesions").version,
+    card = train(items, lesion_model_segmenter(), lesion_card["version"],
                  export_dir / "weights" / "identification.onnx", export_dir / "cards" / "identification.json",
                  table_cache=table_cache, log=typer.echo)
     cv = card["validation"]["cross_validation"]["all"]

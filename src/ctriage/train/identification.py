@@ -61,6 +61,19 @@ def origin(item: LabelledSlice) -> str:
     return item.source or "unknown"
 
 
+def unseen_by_lesion_model(items: list[LabelledSlice], lesion_card: dict) -> list[LabelledSlice]:
+    """The slices whose scans the lesion model never saw: a lesion model trained on LUNA16 slices as
+    negatives (its card's ``data.real_ct.luna16_held_out_scans``) would flatter identification on them, so only
+    the LUNA16 scans it held out stay; other sources pass."""
+    real_ct = (lesion_card.get("data") or {}).get("real_ct") or {}
+    if "luna16_held_out_scans" not in real_ct:
+        return items
+    from ctriage.train.real_ct import LUNA_SOURCE
+
+    held_out = set(real_ct["luna16_held_out_scans"])
+    return [i for i in items if i.source != LUNA_SOURCE or i.patient_id in held_out]
+
+
 def extract_features(items: list[LabelledSlice], segmenter: SliceSegmenter) -> FeatureTable:
     """Lesion features of every slice (lung mask from :func:`lung_mask_2d`, spacing taken as 1 mm: ratios only)."""
     features = []
@@ -282,7 +295,8 @@ def train(
         "validation_lesion_ratio_only": baseline,
         "aggregation": "study probability = mean of the top 5 % slice probabilities over slices with lung area"
                        " >= 25 % of the largest lung slice (ctriage.identify)",
-        "training_data": "shared/data/identification_slices (UCSD COVID-CT + LUNA16 slices), all splits",
+        "training_data": f"shared/data/identification_slices (UCSD COVID-CT + LUNA16 slices), all splits, "
+                         f"{len(items)} slices: LUNA16 scans the lesion model trained on are left out",
         "training": {"command": "ctriage train identification", "date": f"{datetime.now(UTC):%Y-%m-%d}",
                      "fit": f"class-balanced logistic regression, L2 {L2_PENALTY} on standardised inputs",
                      "folds": f"{N_FOLDS} patient-grouped, stratified by class",
