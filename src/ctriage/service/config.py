@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "CTRIAGE_"
+TLS_FILES = ("tls_certificate", "tls_private_key", "tls_ca_certificates")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,10 @@ class ServiceConfig:
     dicom_host: str = "127.0.0.1"  # "0.0.0.0" to receive from the PACS (with allowed_peers)
     dicom_port: int = 11112
     allowed_peers: tuple[str, ...] = ()  # "AE@host" that may associate; empty: only this machine (loopback)
+    tls_certificate: Path | None = None  # PEM certificate (chain) of ctriage; with tls_private_key: DICOM over TLS
+    tls_private_key: Path | None = None  # PEM private key of tls_certificate
+    tls_ca_certificates: Path | None = None  # PEM CAs whose certificates peers must present (mutual TLS)
+    tls_outgoing: bool = False  # queries, retrieves and sends to pacs / destination over TLS too
     min_free_disk_mb: float = 2048.0  # refuse new DICOM associations below this much free space on data_dir's disk
     retention_days: float = 30.0  # delete received studies and their results this long after arrival; 0: never
     http_host: str = "127.0.0.1"
@@ -61,11 +66,16 @@ class ServiceConfig:
     pacs: DicomNode | None = None  # queried by C-FIND and asked for C-MOVE / C-GET in pull mode
     retrieve_method: str = "move"  # "move" or "get"
     pull_interval_s: float = 0.0  # 0: no periodic pull (``ctriage service pull`` still works)
-    pull_days: int = 1  # query studies from today and the days before
+    pull_days: int = 1  # look-back window: CT studies dated today and the pull_days - 1 days before
     destination: DicomNode | None = None  # receives SEG / SR (and secondary capture) by C-STORE
     send_secondary_capture: bool = True
     secure_cookies: bool = True  # session cookie only over HTTPS (the reverse proxy's TLS); false: plain-HTTP tests
     session_hours: float = 12.0  # a login lasts this long
+
+    @property
+    def tls(self) -> bool:
+        """Whether the DICOM listener accepts TLS connections only (a certificate and its key are set)."""
+        return self.tls_certificate is not None and self.tls_private_key is not None
 
     @property
     def db_url(self) -> str:
@@ -89,6 +99,8 @@ def _coerce(name: str, value: Any) -> Any:
         return None
     if name == "data_dir":
         return Path(value)
+    if name in TLS_FILES:
+        return None if value in ("", "none") else Path(value)
     if name in ("pacs", "destination"):
         return None if value in ("", "none") else DicomNode.parse(value)
     if name == "allowed_peers":
@@ -104,7 +116,7 @@ def _coerce(name: str, value: Any) -> Any:
         "quiet_period_s", "poll_interval_s", "pull_interval_s", "session_hours", "min_free_disk_mb", "retention_days"
     ):
         return float(value)
-    if name in ("send_secondary_capture", "secure_cookies"):
+    if name in ("send_secondary_capture", "secure_cookies", "tls_outgoing"):
         return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
     return str(value)
 
@@ -145,4 +157,10 @@ def load_config(
     config = replace(ServiceConfig(), **values)
     if config.retrieve_method not in ("move", "get"):
         raise ValueError(f"retrieve_method must be 'move' or 'get', not {config.retrieve_method!r}")
+    if (config.tls_certificate is None) != (config.tls_private_key is None):
+        raise ValueError("tls_certificate and tls_private_key go together")
+    if config.tls_outgoing and config.tls_ca_certificates is None:
+        raise ValueError("tls_outgoing needs tls_ca_certificates to verify the PACS's certificate")
+    if config.pull_days < 1:
+        raise ValueError(f"pull_days must be at least 1, not {config.pull_days}")
     return config

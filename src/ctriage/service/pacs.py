@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import date, timedelta
+from typing import Any
 
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -19,6 +20,7 @@ from pynetdicom.sop_class import (
 )
 from sqlalchemy import select
 
+from ctriage.service import tls
 from ctriage.service.config import DicomNode, ServiceConfig
 from ctriage.service.db import Study
 from ctriage.service.scp import handle_store
@@ -44,8 +46,11 @@ class FoundStudy:
     description: str
 
 
-def _associate(ae: AE, node: DicomNode, **kwargs: object) -> Association:
-    assoc = ae.associate(node.host, node.port, ae_title=node.ae_title, **kwargs)
+def _associate(config: ServiceConfig, ae: AE, node: DicomNode, **kwargs: Any) -> Association:
+    """Open an association with ``node`` (over TLS with ``tls_outgoing``); raise DicomNetworkError if refused."""
+    assoc = ae.associate(
+        node.host, node.port, ae_title=node.ae_title, tls_args=tls.client_args(config, node), **kwargs
+    )
     if not assoc.is_established:
         raise DicomNetworkError(f"cannot open an association with {node}")
     return assoc
@@ -57,7 +62,7 @@ def _find(config: ServiceConfig, query: Dataset) -> list[Dataset]:
         raise DicomNetworkError("no PACS configured (setting 'pacs')")
     ae = AE(ae_title=config.ae_title)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    assoc = _associate(ae, config.pacs)
+    assoc = _associate(config, ae, config.pacs)
     found: list[Dataset] = []
     try:
         for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
@@ -139,7 +144,7 @@ def retrieve_study(config: ServiceConfig, store: StudyStore, study_uid: str) -> 
     ae = AE(ae_title=config.ae_title)
     if config.retrieve_method == "move":
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-        assoc = _associate(ae, config.pacs)
+        assoc = _associate(config, ae, config.pacs)
         try:
             _check_retrieve(
                 assoc.send_c_move(
@@ -156,6 +161,7 @@ def retrieve_study(config: ServiceConfig, store: StudyStore, study_uid: str) -> 
             for syntax in ALL_TRANSFER_SYNTAXES:
                 ae.add_requested_context(sop_class, [syntax])
         assoc = _associate(
+            config,
             ae,
             config.pacs,
             ext_neg=[build_role(c, scp_role=True) for c in storage],
@@ -192,7 +198,7 @@ def send_datasets(config: ServiceConfig, node: DicomNode, datasets: list[Dataset
     ae = AE(ae_title=config.ae_title)
     for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    assoc = _associate(ae, node)
+    assoc = _associate(config, ae, node)
     try:
         for ds in datasets:
             status = assoc.send_c_store(ds)

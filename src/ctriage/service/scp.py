@@ -3,7 +3,8 @@
 Access control by default: only the peers of ``allowed_peers`` (AE title and host) may associate, nobody but
 this machine when it is empty; only our own AE title may be called; only CT image storage is accepted; new
 associations are refused while the data disk has less than ``min_free_disk_mb`` free. Every association (and
-every refusal) is a line in the audit trail.
+every refusal) is a line in the audit trail. With a certificate configured the listener speaks TLS only (see
+``ctriage.service.tls``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from ctriage.service import audit
+from ctriage.service import audit, tls
 from ctriage.service.config import ServiceConfig
 from ctriage.service.store import StudyStore
 
@@ -165,7 +166,7 @@ class Listener:
             "dicom-association",
             user=str(assoc.requestor.ae_title).strip(),
             host=assoc.requestor.address,
-            detail=f"{stored} instances stored, {how}",
+            detail=f"{stored} instances stored, {how}{', TLS' if self.config.tls else ''}",
         )
 
 
@@ -181,7 +182,8 @@ def make_ae(config: ServiceConfig) -> AE:
 
 
 def start_listener(config: ServiceConfig, store: StudyStore) -> ThreadedAssociationServer:
-    """Start the Storage SCP on ``dicom_host:dicom_port`` in background threads; stop with ``.shutdown()``."""
+    """Start the Storage SCP on ``dicom_host:dicom_port`` in background threads, TLS only when a certificate is
+    configured; stop with ``.shutdown()``."""
     listener = Listener(config, store)
     handlers = [
         (evt.EVT_REQUESTED, listener.on_requested),
@@ -191,7 +193,13 @@ def start_listener(config: ServiceConfig, store: StudyStore) -> ThreadedAssociat
         (evt.EVT_ABORTED, listener.on_ended),
     ]
     server = make_ae(config).start_server(
-        (config.dicom_host, config.dicom_port), block=False, evt_handlers=handlers
+        (config.dicom_host, config.dicom_port),
+        block=False,
+        evt_handlers=handlers,
+        ssl_context=tls.listener_context(config),
     )
-    log.info("DICOM listener %s on %s:%d", config.ae_title, config.dicom_host, config.dicom_port)
+    log.info(
+        "DICOM listener %s on %s:%d%s",
+        config.ae_title, config.dicom_host, config.dicom_port, " (TLS only)" if config.tls else "",
+    )
     return server
