@@ -6,8 +6,10 @@ Orthanc cannot be told to listen on loopback only, so each test re-runs itself i
 - push: the CT is stored in Orthanc, Orthanc C-STOREs it to ctriage, ctriage analyses it after the quiet period
   and C-STOREs SEG, SR and a secondary capture back; the test finds them in Orthanc's copy of the study; a
   re-analysis sends new versions into the same three series;
-- pull: ctriage C-FINDs Orthanc for today's CT studies and retrieves the new one (C-MOVE to its own listener or
-  C-GET), on POST /api/pull or by itself every pull_interval_s, analyses it and sends the results back;
+- pull: ctriage C-FINDs Orthanc for recent CT studies and retrieves the new one (C-MOVE to its own listener or
+  C-GET), on POST /api/pull or by itself every pull_interval_s, analyses it and sends the results back; a study
+  dated days ago is pulled, one older than pull_days is not, and a series that grows on the PACS is pulled again
+  (only then);
 - a partial series: the upper half of P001 is pushed alone and reads as incomplete (lungs cut), nothing is sent;
   the rest arrives, the study is analysed again, the first result is superseded and SEG / SR / SC are sent.
 """
@@ -280,6 +282,46 @@ def test_pull_new_ct_studies_from_pacs(request, method: str, trigger: str, ct_se
     series_uid = pydicom.dcmread(next(ct_series.iterdir()), stop_before_pixels=True).SeriesInstanceUID
     assert ctriage.get(f"/api/studies/{row['id']}").json()["expected_instances"] == {series_uid: 20}
     _results_in_pacs(orthanc, ctriage, row, ct_series)
+
+
+def _copy_dated(ct_series: Path, folder: Path, days_ago: int, new_uids: bool) -> list[Path]:
+    """The example CT dated ``days_ago`` days before today (with new study / series UIDs if ``new_uids``)."""
+    from datetime import date, timedelta
+
+    from pydicom.uid import generate_uid
+
+    folder.mkdir()
+    study_uid, series_uid = generate_uid(), generate_uid()
+    for path in sorted(ct_series.iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.StudyDate = ds.SeriesDate = f"{date.today() - timedelta(days=days_ago):%Y%m%d}"
+        if new_uids:
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study_uid, series_uid, generate_uid()
+        ds.save_as(folder / path.name, enforce_file_format=True)
+    return sorted(folder.iterdir())
+
+
+@pytest.mark.slow
+def test_pull_looks_back_days_and_fetches_only_what_is_new(request, ct_series: Path, tmp_path: Path):
+    if not IN_NETNS:
+        run_in_network_namespace(request)
+        return
+    orthanc = request.getfixturevalue("orthanc")
+    late = _copy_dated(ct_series, tmp_path / "late", days_ago=3, new_uids=False)  # a late arrival
+    for path in late[:10] + _copy_dated(ct_series, tmp_path / "old", days_ago=30, new_uids=True):
+        orthanc.http.post("/instances", content=path.read_bytes()).raise_for_status()
+    ctriage = request.getfixturevalue("serve_ctriage")(pacs=f"ORTHANC@127.0.0.1:{orthanc.dicom_port}")
+    header = pydicom.dcmread(late[0], stop_before_pixels=True)
+    assert ctriage.post("/api/pull").json()["retrieved"] == [header.StudyInstanceUID]  # 3 days old, not 30
+    assert ctriage.post("/api/pull").json()["retrieved"] == []  # nothing new
+    for path in late[10:]:  # the rest of the series reaches the PACS
+        orthanc.http.post("/instances", content=path.read_bytes()).raise_for_status()
+    assert ctriage.post("/api/pull").json()["retrieved"] == [header.StudyInstanceUID]
+    assert ctriage.post("/api/pull").json()["retrieved"] == []
+    row = _analysed(ctriage, header.StudyInstanceUID, tmp_path / "ctriage.log")
+    assert row["n_instances"] == 20
+    detail = ctriage.get(f"/api/studies/{row['id']}").json()
+    assert detail["expected_instances"] == {header.SeriesInstanceUID: 20}
 
 
 @pytest.mark.slow

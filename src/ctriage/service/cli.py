@@ -104,7 +104,7 @@ def pull(
     dicom_port: DicomPortOpt = None,
     pacs: PacsOpt = None,
     method: Annotated[str | None, typer.Option(help="Retrieve with 'move' (to our listener) or 'get'.")] = None,
-    days: Annotated[int | None, typer.Option(help="Query studies of the last N days.")] = None,
+    days: Annotated[int | None, typer.Option(help="Look back N days (study date) for new CT series.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Query the PACS once for new CT studies and retrieve them; the next `serve` analyses them.

@@ -66,7 +66,7 @@ class ServiceConfig:
     pacs: DicomNode | None = None  # queried by C-FIND and asked for C-MOVE / C-GET in pull mode
     retrieve_method: str = "move"  # "move" or "get"
     pull_interval_s: float = 0.0  # 0: no periodic pull (``ctriage service pull`` still works)
-    pull_days: int = 1  # look-back window: CT studies dated today and the pull_days - 1 days before
+    pull_days: int = 7  # look-back window: CT studies dated today and the pull_days - 1 days before
     destination: DicomNode | None = None  # receives SEG / SR (and secondary capture) by C-STORE
     send_secondary_capture: bool = True
     secure_cookies: bool = True  # session cookie only over HTTPS (the reverse proxy's TLS); false: plain-HTTP tests

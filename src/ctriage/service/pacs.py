@@ -115,10 +115,13 @@ def ct_series_counts(config: ServiceConfig, study_uid: str) -> dict[str, int]:
     return counts
 
 
-def _study_identifier(study_uid: str) -> Dataset:
+def _retrieve_identifier(study_uid: str, series_uid: str = "") -> Dataset:
+    """C-MOVE / C-GET identifier of a whole study, or of one of its series."""
     ds = Dataset()
-    ds.QueryRetrieveLevel = "STUDY"
+    ds.QueryRetrieveLevel = "SERIES" if series_uid else "STUDY"
     ds.StudyInstanceUID = study_uid
+    if series_uid:
+        ds.SeriesInstanceUID = series_uid
     return ds
 
 
@@ -135,23 +138,28 @@ def _check_retrieve(responses: object, what: str) -> None:
         raise DicomNetworkError(f"{what} failed with status {code}")
 
 
-def retrieve_study(config: ServiceConfig, store: StudyStore, study_uid: str) -> None:
-    """Fetch one study from the PACS: C-MOVE to our own listener, or C-GET on the same association; the PACS's
-    instance count of each CT series is kept, so that a series not received whole is analysed as incomplete."""
+def retrieve_study(
+    config: ServiceConfig, store: StudyStore, study_uid: str, series: dict[str, int] | None = None
+) -> None:
+    """Fetch from the PACS the given CT ``series`` of a study (SeriesInstanceUID -> the PACS's instance count), or
+    the whole study when None: C-MOVE to our own listener, or C-GET on the same association. The PACS's instance
+    count of each CT series is kept, so that a series not received whole is analysed as incomplete."""
     if config.pacs is None:
         raise DicomNetworkError("no PACS configured (setting 'pacs')")
-    expected = ct_series_counts(config, study_uid)
+    expected = ct_series_counts(config, study_uid) if series is None else series
+    identifiers = [_retrieve_identifier(study_uid)] if series is None else [
+        _retrieve_identifier(study_uid, uid) for uid in series
+    ]
     ae = AE(ae_title=config.ae_title)
     if config.retrieve_method == "move":
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
         assoc = _associate(config, ae, config.pacs)
         try:
-            _check_retrieve(
-                assoc.send_c_move(
-                    _study_identifier(study_uid), config.ae_title, StudyRootQueryRetrieveInformationModelMove
-                ),
-                f"C-MOVE of {study_uid} from {config.pacs} to {config.ae_title}",
-            )
+            for identifier in identifiers:
+                _check_retrieve(
+                    assoc.send_c_move(identifier, config.ae_title, StudyRootQueryRetrieveInformationModelMove),
+                    f"C-MOVE of {study_uid} from {config.pacs} to {config.ae_title}",
+                )
         finally:
             assoc.release()
     else:
@@ -168,10 +176,11 @@ def retrieve_study(config: ServiceConfig, store: StudyStore, study_uid: str) -> 
             evt_handlers=[(evt.EVT_C_STORE, handle_store, [store, "pull"])],
         )
         try:
-            _check_retrieve(
-                assoc.send_c_get(_study_identifier(study_uid), StudyRootQueryRetrieveInformationModelGet),
-                f"C-GET of {study_uid} from {config.pacs}",
-            )
+            for identifier in identifiers:
+                _check_retrieve(
+                    assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet),
+                    f"C-GET of {study_uid} from {config.pacs}",
+                )
         finally:
             assoc.release()
     store.expect_instances(study_uid, expected)
@@ -179,16 +188,23 @@ def retrieve_study(config: ServiceConfig, store: StudyStore, study_uid: str) -> 
 
 
 def pull_new_studies(config: ServiceConfig, store: StudyStore, today: date | None = None) -> list[str]:
-    """Query the PACS for recent CT studies ctriage has not seen and retrieve each; returns their UIDs."""
-    since = (today or date.today()) - timedelta(days=max(config.pull_days - 1, 0))
+    """Query the PACS for CT studies dated within the last ``pull_days`` days and retrieve what is new in them:
+    CT series of which ctriage holds fewer instances than the PACS (new studies, late or added series); returns
+    the UIDs of the studies retrieved. Studies and series already held whole are not fetched again."""
+    since = (today or date.today()) - timedelta(days=config.pull_days - 1)
     with store.sessions() as session:
         known = set(session.scalars(select(Study.study_uid)))
     fetched = []
     for study in find_ct_studies(config, since):
-        if study.study_uid in known:
+        counts = ct_series_counts(config, study.study_uid)
+        new = {uid: n for uid, n in counts.items() if store.held_instances(study.study_uid, uid) < n}
+        if study.study_uid in known and not new:
             continue
-        log.info("retrieving study %s (patient %s, %s)", study.study_uid, study.patient_id, study.study_date)
-        retrieve_study(config, store, study.study_uid)
+        log.info(
+            "retrieving %s of study %s (patient %s, %s)",
+            f"{len(new)} series" if new else "all", study.study_uid, study.patient_id, study.study_date,
+        )
+        retrieve_study(config, store, study.study_uid, new or None)
         fetched.append(study.study_uid)
     return fetched
 

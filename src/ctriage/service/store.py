@@ -113,6 +113,11 @@ class StudyStore:
             session.add(study)
         return study
 
+    def held_instances(self, study_uid: str, series_uid: str) -> int:
+        """How many instances of a series are on disk."""
+        folder = self.studies_dir / safe_name(study_uid) / safe_name(series_uid)
+        return sum(1 for _ in folder.glob("*.dcm")) if folder.is_dir() else 0
+
     def expect_instances(self, study_uid: str, counts: dict[str, int]) -> None:
         """Record how many instances each series should have (SeriesInstanceUID -> count, from the PACS)."""
         with self.sessions.begin() as session:
