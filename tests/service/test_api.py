@@ -5,21 +5,21 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from ctriage.service.api import create_app
 from ctriage.service.db import DONE, INCOMPLETE, Study, utcnow
 from ctriage.service.runtime import Service
-from tests.service.conftest import logged_in
+from tests.service.conftest import logged_in, with_lesions
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture
 def service(config, analyze) -> Service:
-    return Service.create(config, analyze)
+    """The service, its analysis drawing a lesion on slice 10 (see ``with_lesions``)."""
+    return Service.create(config, with_lesions(analyze, {10: 1}))
 
 
 @pytest.fixture
@@ -51,13 +51,11 @@ def test_upload_analyse_view_and_review(client: TestClient, service: Service, ct
     assert with_overlay.status_code == 200 and with_overlay.content.startswith(PNG_MAGIC)
     soft_tissue = client.get(f"/api/studies/{study_id}/slices/10.png?window=mediastinum&overlay=false")
     assert soft_tissue.content != with_overlay.content
-    # this example CT holds no lung, so its stored lesion map is empty: mark a block in the stored map itself
-    # (in place: the viewer reads it memory-mapped) to see that the overlay switch shows stored lesions
-    with service.sessions() as session:
-        lesion = np.load(Path(session.get(Study, study_id).result_dir) / "lesion.npy", mmap_mode="r+")
-    k = 10
-    lesion[k, 200:300, 200:300] = 1
-    lesion.flush()
+    k = 10  # the service's analysis drew a lesion there (fixture ``service``)
+    assert detail["lesion_slices"] == [k] and detail["most_involved_slice"] == k
+    # each slice's instance number and position as the PACS viewer shows them (head first: 267 at z -766.5 mm)
+    assert [s["instance_number"] for s in detail["slices"]] == list(range(267, 287))
+    assert [s["position_mm"] for s in detail["slices"]] == [-766.5 - 2 * z for z in range(20)]
 
     def picture(window: str, overlay: bool) -> bytes:
         params = {"window": window, "overlay": str(overlay).lower()}

@@ -14,15 +14,14 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import uvicorn
 
 from ctriage.service.api import create_app
 from ctriage.service.auth import add_user
-from ctriage.service.db import AuditEvent, Study
+from ctriage.service.db import AuditEvent, Study, requeue
 from ctriage.service.runtime import Service
-from tests.service.conftest import PASSWORD, free_port, store_series
+from tests.service.conftest import PASSWORD, free_port, store_series, with_lesions
 
 pytestmark = pytest.mark.integration
 
@@ -182,11 +181,8 @@ def test_a_cross_site_form_post_changes_nothing(server, page, tmp_path: Path):
 
 def test_viewer_opens_on_the_most_involved_slice_and_steps_through_lesions(server, page):
     base, service = server
-    with service.sessions() as session:
-        lesion = np.load(Path(session.get(Study, 1).result_dir) / "lesion.npy", mmap_mode="r+")
-    lesion[4, 100:300, 100:300] = 1  # the most involved slice
-    lesion[15, 200:220, 200:220] = 2
-    lesion.flush()
+    service.worker.analyze = with_lesions(service.worker.analyze, {4: 1, 15: 2})  # 4: the most involved slice
+    assert requeue(service.sessions, 1) and service.worker.run_once()
     _log_in(page, base, "dr.chase", "/study.html?id=1")
     _slice_shown(page, 4, 1)
     assert page.locator("#lesion-info").inner_text() == "2 slices with lesions"

@@ -38,7 +38,7 @@ def test_received_study_is_analysed_with_all_outputs(config, ct_series: Path, an
     assert study.max_ratio == pytest.approx(direct.severity.max_ratio)
     assert study.probability == pytest.approx(direct.identification.probability)
     result_dir = Path(study.result_dir)
-    for name in ("report.json", "projection.png", "lungs.nii.gz", "lesions.nii.gz", "hu.npy", "lesion.npy"):
+    for name in ("report.json", "projection.png", "lungs.nii.gz", "lesions.nii.gz", "viewer.zip"):
         assert (result_dir / name).is_file(), name
     assert not (result_dir / "dicom").exists()  # no destination: no DICOM results are built
     assert not service.worker.run_once()  # nothing left

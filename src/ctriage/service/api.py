@@ -6,7 +6,6 @@ import hmac
 import io
 import re
 import time
-from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlsplit
@@ -29,6 +28,7 @@ from ctriage.service.pacs import DicomNetworkError
 from ctriage.service.render import WINDOWS_HU, slice_png
 from ctriage.service.retention import delete_study
 from ctriage.service.runtime import Service
+from ctriage.service.viewer import open_viewer
 
 WEB_DIR = Path(__file__).parent / "web"
 _SAFE_FILE = re.compile(r"^[\w.-]+\.(png|json|nii\.gz|dcm)$")
@@ -78,13 +78,6 @@ def admin_of(request: Request) -> auth.SignedIn:
 
 UserDep = Annotated[auth.SignedIn, Depends(user_of)]
 AdminDep = Annotated[auth.SignedIn, Depends(admin_of)]
-
-
-@lru_cache(maxsize=8)
-def _viewer_arrays(result_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Memory-mapped HU, lesion and lung arrays of one result (cached: slices are fetched in quick bursts)."""
-    folder = Path(result_dir)
-    return tuple(np.load(folder / name, mmap_mode="r") for name in ("hu.npy", "lesion.npy", "lungs.npy"))  # type: ignore[return-value]
 
 
 def _ranked(studies: list[Study], policy: str) -> list[Study]:
@@ -242,11 +235,9 @@ def create_app(service: Service) -> FastAPI:
         if time.monotonic() - recent_views.get(viewer, -VIEW_AUDIT_INTERVAL_S) >= VIEW_AUDIT_INTERVAL_S:
             recent_views[viewer] = time.monotonic()  # the page polls while a study is analysed: one line per visit
             audit_event(request, "view", study)
-        n_slices, lesion_voxels = 0, np.zeros(0, np.int64)
-        if study.status in (DONE, INCOMPLETE) and study.result_dir and (Path(study.result_dir) / "hu.npy").exists():
-            lesion = _viewer_arrays(study.result_dir)[1]
-            n_slices = int(lesion.shape[0])
-            lesion_voxels = np.count_nonzero(np.asarray(lesion).reshape(n_slices, -1), axis=1)
+        data = open_viewer(study.result_dir) if study.status in (DONE, INCOMPLETE) and study.result_dir else None
+        slices = list(data.slices) if data else []
+        lesion_voxels = np.array([s["lesion_voxels"] for s in slices], np.int64)
         folder = Path(study.result_dir) if study.result_dir else None
         files = sorted(p.name for p in folder.iterdir() if p.is_file()) if folder and folder.is_dir() else []
         return {
@@ -255,7 +246,8 @@ def create_app(service: Service) -> FastAPI:
             "reviews": [r.to_dict() for r in study.reviews],
             "analyses": [a.to_dict() for a in study.analyses],
             "expected_instances": study.expected_instances,
-            "n_slices": n_slices,
+            "n_slices": len(slices),
+            "slices": slices,  # per slice (z, head to feet): position_mm, instance_number, lesion_voxels
             "lesion_slices": np.flatnonzero(lesion_voxels).tolist(),  # z indices (head to feet) holding lesions
             "most_involved_slice": int(np.argmax(lesion_voxels)) if lesion_voxels.any() else None,
             "files": files,
@@ -269,18 +261,13 @@ def create_app(service: Service) -> FastAPI:
         study = load(study_id)
         if window not in WINDOWS_HU:
             raise HTTPException(422, f"unknown window {window!r}; one of {', '.join(WINDOWS_HU)}")
-        if not study.result_dir or not (Path(study.result_dir) / "hu.npy").exists():
+        viewer = open_viewer(study.result_dir) if study.result_dir else None
+        if viewer is None:
             raise HTTPException(409, "the study has no analysis result yet")
-        hu, lesion, lung_labels = _viewer_arrays(study.result_dir)
-        if not 0 <= index < hu.shape[0]:
-            raise HTTPException(404, f"slice {index} outside 0..{hu.shape[0] - 1}")
-        png = slice_png(
-            np.asarray(hu[index]),
-            np.asarray(lesion[index]),
-            window,
-            overlay,
-            np.asarray(lung_labels[index]) if lungs else None,
-        )
+        if not 0 <= index < viewer.n_slices:
+            raise HTTPException(404, f"slice {index} outside 0..{viewer.n_slices - 1}")
+        hu, lesion, lung_labels = viewer.slice(index)
+        png = slice_png(hu, lesion, window, overlay, lung_labels if lungs else None)
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/api/studies/{study_id}/files/{name}")

@@ -36,6 +36,7 @@ from ctriage.service.db import (
     promote_quiet,
     utcnow,
 )
+from ctriage.service.viewer import save_viewer
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +48,6 @@ def default_analyze(path: Path, progress: Callable[[str], None] | None = None) -
     from ctriage.pipeline import analyze_path
 
     return analyze_path(path, progress=progress)
-
-
-def save_viewer_arrays(result: Any, outdir: Path) -> None:
-    """Save the HU volume, lesion labels and lung labels (1 right, 2 left) for slice rendering."""
-    np.save(outdir / "hu.npy", np.ascontiguousarray(result.volume.hu, dtype=np.int16))
-    np.save(outdir / "lesion.npy", np.ascontiguousarray(result.lesion_mask, dtype=np.uint8))
-    np.save(outdir / "lungs.npy", result.lung_labels)
 
 
 def incomplete_reasons(result: Any, expected_instances: dict[str, int] | None) -> list[str]:
@@ -155,11 +149,11 @@ class Worker:
             self.send_results(study.id)
 
     def _save(self, result: Any, outdir: Path) -> dict[str, Any]:
-        """Write report files and the viewer arrays; returns the report dict."""
+        """Write report files and the viewer's slices; returns the report dict."""
         from ctriage.report import write_outputs
 
         write_outputs(result, outdir)
-        save_viewer_arrays(result, outdir)
+        save_viewer(result, outdir)
         return result.to_dict()
 
     def _save_dicom(self, result: Any, study: Study, outdir: Path) -> str:
