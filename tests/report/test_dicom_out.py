@@ -55,6 +55,9 @@ def test_seg_sr_sc_round_trip(result_and_files, tmp_path: Path):
     for ds in (seg_ds, sr_ds, sc_ds):
         assert ds.StudyInstanceUID == source.StudyInstanceUID and ds.SeriesInstanceUID != source.SeriesInstanceUID
 
+    masks = (result.lesion_mask == 1, result.lesion_mask == 2, result.lung_right, result.lung_left)
+    frames = sum(int(m.reshape(m.shape[0], -1).any(axis=1).sum()) for m in masks)
+    assert seg_ds.NumberOfFrames == frames < 4 * len(files)  # only frames where a segment is present
     seg = hd.seg.Segmentation.from_dataset(seg_ds)
     assert [seg.get_segment_description(n).segment_label for n in (1, 2, 3, 4)] == [
         "Ground-glass opacity", "Consolidation", "Right lung", "Left lung"]
@@ -73,6 +76,19 @@ def test_seg_sr_sc_round_trip(result_and_files, tmp_path: Path):
     assert seg_ds.SOPInstanceUID in referenced and source.file_meta.MediaStorageSOPInstanceUID in referenced
 
     assert (sc_ds.Rows, sc_ds.Columns, sc_ds.PhotometricInterpretation) == (64, 48, "RGB")
+
+
+def test_seg_references_only_the_slices_holding_segments(result_and_files):
+    """Lungs and lesions on slices 5..7 only: the SEG references those three slices, one frame per segment there."""
+    result, files = result_and_files
+    right, left = np.zeros_like(result.lung_right), np.zeros_like(result.lung_left)
+    right[5:8], left[5:8] = result.lung_right[5:8], result.lung_left[5:8]
+    lesions = result.lesion_mask.copy()
+    severity = quantify(left, right, lesions, result.volume.spacing_mm)
+    seg = build_dicom_outputs(StudyResult(result.volume, left, right, lesions, severity), files)[0]
+    referenced = {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == {pydicom.dcmread(f).file_meta.MediaStorageSOPInstanceUID for f in files[5:8]}
+    assert seg.NumberOfFrames == 1 + 2 + 3 + 3  # GGO on 5, consolidation on 6 and 7, both lungs on 5..7
 
 
 def test_masks_follow_the_source_pixel_grid():

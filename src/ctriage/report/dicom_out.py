@@ -10,6 +10,7 @@ the next instance number, and the new SR lists the SR it supersedes as its prede
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -121,18 +122,43 @@ def _series(replaces: pydicom.Dataset | None) -> tuple[str, int]:
     return str(replaces.SeriesInstanceUID), int(replaces.get("InstanceNumber") or 0) + 1
 
 
+def _segment_masks(result: Any) -> tuple[Callable[[], np.ndarray], ...]:
+    """The masks of ``SEGMENTS`` in order, each computed when asked for (one full-size mask at a time)."""
+    return (
+        lambda: result.lesion_mask == 1,
+        lambda: result.lesion_mask == 2,
+        lambda: result.lung_right,
+        lambda: result.lung_left,
+    )
+
+
+def _slices_with_segments(result: Any) -> slice:
+    """The z range holding any lung or lesion voxel (every slice when there is none)."""
+    n_slices = result.lung_labels.shape[0]
+    per_slice = np.count_nonzero(result.lung_labels.reshape(n_slices, -1), axis=1)
+    per_slice += np.count_nonzero(result.lesion_mask.reshape(n_slices, -1), axis=1)
+    present = np.flatnonzero(per_slice)
+    return slice(int(present[0]), int(present[-1]) + 1) if present.size else slice(0, n_slices)
+
+
 def build_seg(
     result: Any, sources: list[pydicom.Dataset], replaces: pydicom.Dataset | None = None
 ) -> hd.seg.Segmentation:
-    """DICOM SEG with GGO, consolidation, right and left lung as binary segments over the source slices."""
-    masks = np.stack(
-        [result.lesion_mask == 1, result.lesion_mask == 2, result.lung_right, result.lung_left], axis=-1
-    )
-    stored = np.stack([to_stored_grid(masks[..., i], result.volume.affine, sources[0]) for i in range(4)], -1)
+    """DICOM SEG with GGO, consolidation, right and left lung as binary segments.
+
+    Only the source slices from the first to the last holding a segment are referenced, and only frames where a
+    segment is present are stored (``omit_empty_frames``): a third less than every slice for every segment on a
+    chest CT. The stacked array is built straight in the stored pixel grid, one segment at a time.
+    """
+    span = _slices_with_segments(result)
+    first = to_stored_grid(result.lesion_mask[span][:1], result.volume.affine, sources[0])
+    stored = np.zeros((span.stop - span.start, *first.shape[1:], len(SEGMENTS)), np.uint8)
+    for index, mask in enumerate(_segment_masks(result)):
+        stored[..., index] = to_stored_grid(mask()[span], result.volume.affine, sources[0])
     series_uid, instance_number = _series(replaces)
     return hd.seg.Segmentation(
-        source_images=sources,
-        pixel_array=stored.astype(np.uint8),
+        source_images=sources[span],
+        pixel_array=stored,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[_segment(*s) for s in SEGMENTS],
         series_instance_uid=series_uid,
@@ -144,7 +170,7 @@ def build_seg(
         software_versions=ctriage.__version__,
         device_serial_number="0",
         series_description="ctriage lesions and lungs",
-        omit_empty_frames=False,
+        omit_empty_frames=True,
     )
 
 
