@@ -40,6 +40,7 @@ def ct_series(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ds.PatientID, ds.PatientName = TEST_PATIENT, "Test^Triage"
         ds.StudyDate = ds.SeriesDate = f"{date.today():%Y%m%d}"
         ds.AccessionNumber, ds.StudyID = "ACC001", "1"
+        ds.PatientSex, ds.PatientBirthDate = "F", f"{date.today().year - 64}0101"  # 64 years old
         ds.save_as(folder / f"{index:03d}.dcm", enforce_file_format=True)
     return folder
 

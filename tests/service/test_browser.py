@@ -94,16 +94,22 @@ def test_worklist_study_scroll_overlay_confirm(server, page):
     row = page.locator("tr.row", has_text="CTRIAGE-TEST")
     row.wait_for()
     assert "done" in row.inner_text()
+    for shown in ("female, 64 y", "ACC001", "CT Body 3.0", "COVID-19-like pattern (", "threshold"):
+        assert shown in row.inner_text(), shown
     row.click()
 
     page.wait_for_url("**/study.html?id=*")
     page.locator("#viewer").wait_for(state="visible")
     _slice_shown(page, 10, 1)  # opens in the middle of the 20 slices
     assert page.locator("#slice-count").inner_text() == "20"
+    assert page.locator("#slice-position").inner_text() == "position -786.5 mm, instance 277"  # as in the PACS
+    assert "not a diagnosis" in page.locator("#ident-note").inner_text()
+    assert "67 %" in page.locator("#projection-scale").inner_text()  # the projection's colour scale
 
     page.locator("#slice").hover()
     page.mouse.wheel(0, 120)
     _slice_shown(page, 11, 1)
+    assert page.locator("#slice-position").inner_text() == "position -788.5 mm, instance 278"
     page.locator("#slice").focus()
     page.keyboard.press("ArrowUp")
     _slice_shown(page, 10, 1)

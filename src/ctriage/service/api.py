@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hmac
 import io
+import json
 import re
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlsplit
@@ -22,6 +24,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import selectinload
 
 from ctriage import triage
+from ctriage.models.registry import find_model_files
 from ctriage.service import audit, auth
 from ctriage.service.db import DONE, INCOMPLETE, STATUSES, Review, Study, as_utc, requeue
 from ctriage.service.pacs import DicomNetworkError
@@ -78,6 +81,22 @@ def admin_of(request: Request) -> auth.SignedIn:
 
 UserDep = Annotated[auth.SignedIn, Depends(user_of)]
 AdminDep = Annotated[auth.SignedIn, Depends(admin_of)]
+
+
+@lru_cache(maxsize=1)
+def identification_card() -> dict[str, float] | None:
+    """The identification model's operating point and its cross-validated sensitivity / specificity there (from
+    its model card), for the study page's plain-words note; None when the card does not give them."""
+    try:
+        card = json.loads(find_model_files("identification")[1].read_text())
+        validation = card["validation"]["cross_validation"]["all"]
+        return {
+            "threshold": float(card["operating_point"]["threshold"]),
+            "sensitivity": float(validation["sensitivity"]),
+            "specificity": float(validation["specificity"]),
+        }
+    except (OSError, KeyError, TypeError, ValueError):  # OSError: also the model not found
+        return None
 
 
 def _ranked(studies: list[Study], policy: str) -> list[Study]:
@@ -184,6 +203,7 @@ def create_app(service: Service) -> FastAPI:
             "policies": list(triage.POLICIES),
             "windows": list(WINDOWS_HU),
             "destination": str(config.destination) if config.destination else None,
+            "identification": identification_card(),
         }
 
     @app.get("/api/studies")

@@ -60,6 +60,9 @@ class Study(Base):
     accession_number: Mapped[str] = mapped_column(String(64), default="")
     study_date: Mapped[str] = mapped_column(String(16), default="")
     study_description: Mapped[str] = mapped_column(String(128), default="")
+    patient_sex: Mapped[str] = mapped_column(String(16), default="")
+    patient_age: Mapped[str] = mapped_column(String(16), default="")  # "64 y", "6 mo"
+    series_description: Mapped[str] = mapped_column(String(128), default="")  # of the analysed CT series
     n_instances: Mapped[int] = mapped_column(Integer, default=0)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_instance_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -96,6 +99,9 @@ class Study(Base):
             "accession_number": self.accession_number,
             "study_date": self.study_date,
             "study_description": self.study_description,
+            "patient_sex": self.patient_sex,
+            "patient_age": self.patient_age,
+            "series_description": self.series_description,
             "n_instances": self.n_instances,
             "received_at": _iso(self.received_at),
             "status": self.status,
@@ -104,6 +110,7 @@ class Study(Base):
             "attempts": self.attempts,
             "probability": self.probability,
             "positive": ((self.report or {}).get("identification") or {}).get("positive"),
+            "threshold": ((self.report or {}).get("identification") or {}).get("threshold"),
             "ct_category": self.ct_category,
             "max_ratio": self.max_ratio,
             "send_status": self.send_status,

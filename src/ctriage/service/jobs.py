@@ -233,6 +233,8 @@ class Worker:
             study.probability = identification.get("probability")
             study.ct_category = severity.get("ct_category")
             study.max_ratio = severity.get("max_ratio")
+            analysed_series = str((report.get("study") or {}).get("series_description") or "")
+            study.series_description = analysed_series[:128] or study.series_description
             study.send_status = send_status
 
     def send_results(self, study_id: int) -> str:

@@ -11,6 +11,7 @@ import os
 import re
 import threading
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import pydicom
@@ -137,12 +138,34 @@ class StudyStore:
                 study.status = QUEUED
 
 
+def age_text(age: str, birth_date: str = "", study_date: str = "") -> str:
+    """A patient's age as shown on the worklist ("64 y", "6 mo", "12 d"): from the DICOM age string (``064Y``),
+    else from the birth and study dates (YYYYMMDD); "" when neither is known."""
+    match = re.fullmatch(r"0*(\d{1,3})([DWMY])", age.strip().upper())
+    if match:
+        number, unit = match.groups()
+        return f"{int(number)} {dict(D='d', W='wk', M='mo', Y='y')[unit]}"
+    try:
+        born, seen = datetime.strptime(birth_date.strip(), "%Y%m%d"), datetime.strptime(study_date.strip(), "%Y%m%d")
+    except ValueError:
+        return ""
+    years = seen.year - born.year - ((seen.month, seen.day) < (born.month, born.day))
+    return f"{years} y" if years >= 0 else ""
+
+
 def header_fields(ds: pydicom.Dataset) -> dict[str, str]:
     """Worklist columns taken from a DICOM header."""
+
+    def value(keyword: str, limit: int) -> str:
+        return str(ds.get(keyword, "") or "")[:limit]
+
     return {
-        "patient_id": str(ds.get("PatientID", "") or "")[:64],
-        "patient_name": str(ds.get("PatientName", "") or "")[:128],
-        "accession_number": str(ds.get("AccessionNumber", "") or "")[:64],
-        "study_date": str(ds.get("StudyDate", "") or "")[:16],
-        "study_description": str(ds.get("StudyDescription", "") or "")[:128],
+        "patient_id": value("PatientID", 64),
+        "patient_name": value("PatientName", 128),
+        "patient_sex": {"M": "male", "F": "female", "O": "other"}.get(value("PatientSex", 16).strip().upper(), ""),
+        "patient_age": age_text(value("PatientAge", 16), value("PatientBirthDate", 16), value("StudyDate", 16)),
+        "accession_number": value("AccessionNumber", 64),
+        "study_date": value("StudyDate", 16),
+        "study_description": value("StudyDescription", 128),
+        "series_description": value("SeriesDescription", 128),
     }

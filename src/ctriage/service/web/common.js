@@ -21,6 +21,14 @@ function percent(ratio) {
   return ratio === null || ratio === undefined ? "" : `${(100 * ratio).toFixed(1)} %`;
 }
 
+// The identification in plain words: what the probability says against the model's threshold.
+function identificationText(probability, threshold, positive, unreliable) {
+  if (probability === null || probability === undefined) return "";
+  if (unreliable) return `not assessed: series incomplete (${percent(probability)})`;
+  const against = threshold === null || threshold === undefined ? "" : `, threshold ${percent(threshold)}`;
+  return (positive ? "COVID-19-like pattern" : "no COVID-19-like pattern") + ` (${percent(probability)}${against})`;
+}
+
 function toLogin() {
   window.location = "login.html?next=" + encodeURIComponent(window.location.pathname + window.location.search);
 }

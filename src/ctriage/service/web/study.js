@@ -1,7 +1,7 @@
 "use strict";
 // Study page: slice viewer over server-rendered PNGs, report figures, confirm / reject with comment.
 const studyId = new URLSearchParams(window.location.search).get("id");
-const state = { index: 0, count: 0, window: "lung", lesionSlices: [] };
+const state = { index: 0, count: 0, window: "lung", lesionSlices: [], slices: [] };
 
 function sliceUrl() {
   const overlay = $("overlay").checked ? 1 : 0;
@@ -13,6 +13,7 @@ function show(index) {
   state.index = Math.max(0, Math.min(state.count - 1, index));
   $("slider").value = state.index;
   $("slice-index").textContent = state.index + 1;
+  $("slice-position").textContent = sliceInfo();
   $("slice").src = sliceUrl();
 }
 
@@ -45,17 +46,37 @@ function lesionStep(step) {
   if (ahead.length) show(step > 0 ? ahead[0] : ahead[ahead.length - 1]);
 }
 
+// How far the identification can be trusted, in plain words, from the model card's validation figures.
+function identificationNote(ident, card) {
+  if (ident.probability === undefined) return "";
+  const base = "The identification looks only at how much of the lungs is affected, not at what the lesions are: " +
+    "other pneumonias, tumours or fibrosis can score as high. It ranks the worklist; it is not a diagnosis.";
+  if (!card) return base;
+  return base + ` In validation, at the ${percent(card.threshold)} threshold it flagged ` +
+    `${percent(card.sensitivity)} of COVID-19 studies, and also ${percent(1 - card.specificity)} of ` +
+    "studies with other or no lung disease.";
+}
+
+function sliceInfo() {
+  const slice = state.slices[state.index] || {};
+  const parts = [];
+  if (slice.position_mm !== undefined) parts.push(`position ${slice.position_mm.toFixed(1)} mm`);
+  if (slice.instance_number !== null && slice.instance_number !== undefined) {
+    parts.push(`instance ${slice.instance_number}`);
+  }
+  return parts.join(", ");
+}
+
 function renderReport(report) {
   const severity = report.severity || {};
   const ident = report.identification || {};
   $("summary").innerHTML = numberRows({
-    "COVID-19 probability": ident.probability === undefined ? undefined : percent(ident.probability),
-    "threshold": ident.threshold === undefined ? undefined : percent(ident.threshold),
-    "identified": ident.positive === undefined ? undefined :
-      (ident.reliable === false ? "unreliable (incomplete series)" : (ident.positive ? "positive" : "negative")),
+    "COVID-19 identification": identificationText(ident.probability, ident.threshold, ident.positive,
+      ident.reliable === false) || undefined,
     "CT category": severity.ct_category === undefined ? undefined : "CT-" + severity.ct_category,
     ...Object.fromEntries(Object.entries(severity).filter(([k]) => !["left", "right", "ct_category"].includes(k))),
   });
+  $("ident-note").textContent = identificationNote(ident, session.user.identification);
   const left = severity.left || {};
   const right = severity.right || {};
   const keys = [...new Set([...Object.keys(right), ...Object.keys(left)])].filter((k) => typeof (right[k] ?? left[k]) !== "object");
@@ -88,6 +109,7 @@ async function load() {
     $("viewer").hidden = false;
     state.count = study.n_slices;
     state.lesionSlices = study.lesion_slices;
+    state.slices = study.slices;
     $("lesion-info").textContent = study.lesion_slices.length ? `${study.lesion_slices.length} slices with lesions`
       : "no lesions found";
     $("slider").max = state.count - 1;

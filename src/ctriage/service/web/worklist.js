@@ -17,16 +17,18 @@ function query() {
 }
 
 function row(study, rank) {
-  const ident = study.probability === null ? "" : percent(study.probability);
+  const ident = identificationText(study.probability, study.threshold, study.positive,
+    study.status === "incomplete");
   const review = study.review ? `${study.review.decision} (${text(study.review.user)})` : "";
   const status = study.status + (study.progress ? `: ${study.progress}` : "");
   const reason = study.error ? `<div class="reason">${text(study.error)}</div>` : "";
-  const flag = study.status === "incomplete" ? " (unreliable)" : (study.positive ? " positive" : "");
+  const person = [study.patient_sex, study.patient_age].filter(Boolean).join(", ");
   return `<tr class="row" data-id="${study.id}">
-    <td>${rank}</td><td>${text(personName(study.patient_name))} <span class="dim">${text(study.patient_id)}</span></td>
-    <td>${text(study.study_date)}</td><td>${text(study.accession_number)}</td>
+    <td>${rank}</td><td>${text(personName(study.patient_name))} <span class="dim">${text(study.patient_id)}</span>
+      <div class="dim">${text(person)}</div></td>
+    <td>${text(study.study_date)}</td><td>${text(study.accession_number)}</td><td>${text(study.series_description)}</td>
     <td class="status-${study.status}">${text(status)}${reason}</td>
-    <td class="${study.positive && study.status === "done" ? "pos" : ""}">${ident}${flag}</td>
+    <td class="${study.positive && study.status === "done" ? "pos" : ""}">${text(ident)}</td>
     <td class="cat${study.ct_category ?? ""}">${study.ct_category === null ? "" : "CT-" + study.ct_category}</td>
     <td>${percent(study.max_ratio)}</td><td>${new Date(study.received_at).toLocaleString()}</td><td>${review}</td></tr>`;
 }
