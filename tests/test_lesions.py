@@ -86,6 +86,9 @@ def test_max_lesion_probability_matches_softmax():
     assert max_lesion_probability(logits, region) == pytest.approx(float(lesion[region].max()), rel=1e-5)
     assert max_lesion_probability(logits, np.zeros((20, 30), bool)) == 0.0
     assert np.array_equal(class_map(logits), softmax.argmax(axis=0).astype(np.uint8))
+    for threshold in (0.3, 0.5, 0.8):  # lesion where P(GGO) + P(consolidation) >= threshold, as the larger one
+        expected = np.where(lesion >= threshold, 1 + (softmax[2] > softmax[1]), 0).astype(np.uint8)
+        assert np.array_equal(class_map(logits, threshold), expected)
 
 
 def test_remove_small_lesions_drops_only_small_ones():

@@ -51,12 +51,23 @@ def resize_plane(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(image.resize((shape[1], shape[0]), Image.BILINEAR), dtype=np.float32)
 
 
-def class_map(logits: np.ndarray) -> np.ndarray:
-    """(3, H, W) logits -> class map uint8 (H, W) by argmax, ties to the lower class."""
+def class_map(logits: np.ndarray, min_probability: float | None = None) -> np.ndarray:
+    """(3, H, W) logits -> class map uint8 (H, W): by argmax, ties to the lower class; with ``min_probability``,
+    lesion where P(GGO) + P(consolidation) >= ``min_probability``, as the larger of the two."""
     background, ggo, consolidation = logits
     labels = np.where(consolidation > ggo, np.uint8(2), np.uint8(1))
-    labels[np.maximum(ggo, consolidation) <= background] = 0
+    if min_probability is None:
+        labels[np.maximum(ggo, consolidation) <= background] = 0
+    else:
+        lesion_logit = np.logaddexp(ggo, consolidation) - background
+        labels[lesion_logit < np.log(min_probability / (1.0 - min_probability))] = 0
     return labels
+
+
+def lesion_threshold(model: ModelHandle) -> float | None:
+    """The model card's operating point for lesion pixels (``operating_point.lesion_probability``); None: argmax."""
+    value = (model.card.get("operating_point") or {}).get("lesion_probability")
+    return None if value is None else float(value)
 
 
 def max_lesion_probability(logits: np.ndarray, region: np.ndarray | None = None) -> float:
@@ -114,12 +125,13 @@ def _predict_batch(
     model: ModelHandle, planes: list[np.ndarray], regions: list[np.ndarray | None]
 ) -> list[tuple[np.ndarray, float]]:
     """:func:`predict_labels` of one batch."""
-    size = model.input_size
+    size, threshold = model.input_size, lesion_threshold(model)
     logits = model.run(np.stack([resize_plane(p, (size, size)) for p in planes])[:, None])
     out = []
     for plane, region, plane_logits in zip(planes, regions, logits, strict=True):
         on_grid = None if region is None or region.all() else resize_labels(region.view(np.uint8), (size, size)) > 0
-        out.append((resize_labels(class_map(plane_logits), plane.shape), max_lesion_probability(plane_logits, on_grid)))
+        labels = resize_labels(class_map(plane_logits, threshold), plane.shape)
+        out.append((labels, max_lesion_probability(plane_logits, on_grid)))
     return out
 
 
