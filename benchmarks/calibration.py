@@ -65,7 +65,7 @@ def main() -> None:
     rows = []
     for name, window_hu in WINDOWS.items():  # the pipeline's lesion stage, with the window swapped
         lesions = segment_lesions(volume.hu, search_area, volume.spacing_mm, window_hu=window_hu)
-        _, mask = lesions_in_lungs(lungs, lesions.mask, volume.hu, volume.spacing_mm, True)
+        _, mask, _ = lesions_in_lungs(lungs, lesions.mask, volume.hu, volume.spacing_mm, True)
         rows.append((name, window_hu, slice_agreement(mask, volume.spacing_mm, reference)))
 
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.2))

@@ -127,3 +127,19 @@ def test_batches_on_several_threads_give_the_single_stream_result(phantom):
     for (labels_1, probability_1), (labels_3, probability_3) in zip(single, threaded, strict=True):
         assert np.array_equal(labels_1, labels_3)
         assert probability_1 == pytest.approx(probability_3, abs=1e-6)
+
+
+def test_minor_findings_of_a_study_are_dismissed():
+    """Under MIN_STUDY_LESION_ML of lesion in a whole study is no finding (labels cleared, volume returned); at
+    or above it the labels stay as they are."""
+    from ctriage.lesions import MIN_STUDY_LESION_ML, dismiss_minor_findings
+
+    spacing = (2.0, 1.0, 1.0)  # 2 uL voxels
+    labels = np.zeros((10, 40, 40), np.uint8)
+    voxels = int(MIN_STUDY_LESION_ML * 1000 / 2)
+    labels.reshape(-1)[: voxels - 1] = 1
+    cleared, dismissed = dismiss_minor_findings(labels, spacing)
+    assert not cleared.any() and dismissed == pytest.approx((voxels - 1) * 0.002)
+    labels.reshape(-1)[voxels - 1] = 2
+    kept, dismissed = dismiss_minor_findings(labels, spacing)
+    assert kept is labels and dismissed == 0.0

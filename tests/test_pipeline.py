@@ -116,7 +116,7 @@ def test_lesions_in_lungs_keeps_dense_lung_and_drops_the_rest(phantom):
     labels[mediastinum] = 2
     beside = (phantom.lesion_labels > 0) & ~aerated.combined
     assert beside.sum() > 1000  # the threshold lung mask leaves the dense consolidation out
-    lungs, kept = lesions_in_lungs(aerated, labels, volume.hu, volume.spacing_mm, denoise=False)
+    lungs, kept, _ = lesions_in_lungs(aerated, labels, volume.hu, volume.spacing_mm, denoise=False)
     assert (kept[beside] > 0).mean() > 0.95 and lungs.left[beside].mean() > 0.95
     assert not kept[mediastinum].any() and not lungs.combined[mediastinum].any()
 

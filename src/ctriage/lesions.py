@@ -229,3 +229,17 @@ def remove_small_lesions(
     out = labels.copy()
     fill_blocks(out, small[components], factor, 0)
     return out
+
+
+MIN_STUDY_LESION_ML = 2.0  # less lesion than this in a whole study is no finding: see docs/models.md
+
+
+def dismiss_minor_findings(
+    labels: np.ndarray, spacing_mm: tuple[float, float, float], min_total_ml: float = MIN_STUDY_LESION_ML
+) -> tuple[np.ndarray, float]:
+    """(labels, dismissed mL): a study whose lesions add up to less than ``min_total_ml`` mL reads as no finding,
+    its labels all 0 and their volume returned; otherwise the labels unchanged and 0.0."""
+    total_ml = float(np.count_nonzero(labels)) * float(np.prod(spacing_mm)) / 1000.0
+    if total_ml == 0.0 or total_ml >= min_total_ml:
+        return labels, 0.0
+    return np.zeros_like(labels), total_ml

@@ -75,17 +75,19 @@ class StudyResult:
 
 def lesions_in_lungs(
     lungs: LungMasks, labels: np.ndarray, hu: np.ndarray, spacing_mm: tuple[float, float, float], denoise: bool
-) -> tuple[LungMasks, np.ndarray]:
+) -> tuple[LungMasks, np.ndarray, float]:
     """Give lesion voxels in the dense-lung region next to the lungs to the lungs (:func:`add_dense_lung`),
-    drop those elsewhere outside the lungs, and with ``denoise`` drop lesions under ``MIN_LESION_ML``."""
+    drop those elsewhere outside the lungs, and with ``denoise`` drop lesions under ``MIN_LESION_ML`` and a
+    study's findings under ``MIN_STUDY_LESION_ML`` in total. Returns the lungs, the labels and the mL dismissed
+    as a study's minor findings."""
     # a model's output is screened for chest-wall slivers; a given (reference) mask is taken as it is
     lungs = add_dense_lung(lungs, labels, hu, min_thickness_mm=DENSE_LUNG_MIN_THICKNESS_MM if denoise else 0.0)
     labels = labels * lungs.combined
-    if denoise:
-        from ctriage.lesions import remove_small_lesions
+    if not denoise:
+        return lungs, labels, 0.0
+    from ctriage.lesions import dismiss_minor_findings, remove_small_lesions
 
-        labels = remove_small_lesions(labels, spacing_mm)
-    return lungs, labels
+    return lungs, *dismiss_minor_findings(remove_small_lesions(labels, spacing_mm), spacing_mm)
 
 
 def lesion_search_area(lungs: LungMasks, spacing_mm: tuple[float, float, float]) -> np.ndarray:
@@ -151,7 +153,7 @@ def analyze_volume(
             lesions = segment_lesions(hu, lesion_search_area(lungs, spacing_mm), spacing_mm)
             lesion_labels, slice_probability = lesions.mask, lesions.slice_probability
             models["lesions"] = lesions.model_version
-        lungs, lesion_labels = lesions_in_lungs(lungs, lesion_labels, hu, spacing_mm, from_model)
+        lungs, lesion_labels, dismissed_ml = lesions_in_lungs(lungs, lesion_labels, hu, spacing_mm, from_model)
         source = f"model {models['lesions']}" if from_model else "given mask"
     with _timed(timings, "identification", progress):
         from ctriage.identify import identify
@@ -166,6 +168,13 @@ def analyze_volume(
             lesion_labels = upsample(lesion_labels, 1, volume.shape, k)
         severity = quantify(lungs.left, lungs.right, lesion_labels, volume.spacing_mm)
     warnings = list(volume.warnings)  # what the loader found that limits this input
+    if dismissed_ml:
+        from ctriage.lesions import MIN_STUDY_LESION_ML
+
+        warnings.append(
+            f"{dismissed_ml:.1f} mL of lesion findings in all, under the {MIN_STUDY_LESION_ML:g} mL a study needs "
+            "to count as a finding (the lesion model's noise on normal chests): read as no lesion (CT-0)"
+        )
     if severity.lung_ml < MIN_PLAUSIBLE_LUNG_ML:
         warnings.append(
             f"only {severity.lung_ml:.0f} mL of lung found: not a chest CT, or the lungs are only partly in the "
