@@ -1,7 +1,7 @@
 """Per-study time, memory and disk of the service's analysis job on a real study (COVID-CT-MD P001).
 
 Each case runs in a fresh process: the study is stored as the DICOM listener stores it, then one worker job
-(``Worker.run_once``: analysis, report files, viewer arrays and, with a destination, SEG / SR / SC built and
+(``Worker.run_once``: analysis, report files, the viewer's slices and, with a destination, SEG / SR / SC built and
 C-STOREd to a pynetdicom storage SCP in the same process) is timed twice, the second time after a retry in
 the same process (models and decoding workers ready, as in a running service). Prints a Markdown table: job
 seconds (first, again), peak RSS, and the results folder's size against the received CT's.

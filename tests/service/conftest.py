@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from datetime import date
 from pathlib import Path
 
@@ -100,6 +101,22 @@ def store_series(store, folder: Path, files: list[Path] | None = None, source: s
         store.add_instance(path.read_bytes(), header, "SCANNER1", source)
         study_uid = str(header.StudyInstanceUID)
     return study_uid
+
+
+def audit_lines(sessions, at_least: int, timeout_s: float = 30.0) -> list[tuple[str, str, str, str]]:
+    """(action, user, host, detail) of the audit trail, once it holds ``at_least`` lines: the listener writes an
+    association's line from its own thread when the association ends, which may be just after the peer returned."""
+    from sqlalchemy import select
+
+    from ctriage.service.db import AuditEvent
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with sessions() as session:
+            lines = [(e.action, e.user, e.host, e.detail) for e in session.scalars(select(AuditEvent))]
+        if len(lines) >= at_least or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
 
 
 PASSWORD = "correct horse battery"  # test users' password

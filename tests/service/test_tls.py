@@ -18,9 +18,10 @@ from sqlalchemy import select
 
 from ctriage.service import pacs, tls
 from ctriage.service.config import DicomNode, load_config
-from ctriage.service.db import AuditEvent, Study, open_db
+from ctriage.service.db import Study, open_db
 from ctriage.service.scp import start_listener
 from ctriage.service.store import StudyStore
+from tests.service.conftest import audit_lines
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +80,7 @@ def test_tls_association_accepted_plain_refused(tls_listener, ct_series: Path):
     pacs.send_datasets(client, node, [first])  # ctriage's own client side (sends, queries) over TLS
     with sessions() as session:
         assert session.scalars(select(Study)).one().n_instances == 1
-        lines = session.scalars(select(AuditEvent).where(AuditEvent.action == "dicom-association"))
-        details = [line.detail for line in lines]
+    details = [line[3] for line in audit_lines(sessions, 2) if line[0] == "dicom-association"]
     assert details == ["0 instances stored, released, TLS", "1 instances stored, released, TLS"]
 
 

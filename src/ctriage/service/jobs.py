@@ -7,6 +7,7 @@ its reason and never deletes the received files.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 import traceback
@@ -48,6 +49,15 @@ def default_analyze(path: Path, progress: Callable[[str], None] | None = None) -
     from ctriage.pipeline import analyze_path
 
     return analyze_path(path, progress=progress)
+
+
+def release_freed_memory() -> None:
+    """Give the heap memory freed by the analysis back to the system (glibc keeps it otherwise, so the next step's
+    peak, the SEG build, would add to it, and a long-running service would grow); nothing on other C libraries."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def incomplete_reasons(result: Any, expected_instances: dict[str, int] | None) -> list[str]:
@@ -137,6 +147,7 @@ class Worker:
         report["completeness"] = {"complete": not reasons, "reasons": reasons}
         if reasons and report.get("identification"):
             report["identification"]["reliable"] = False
+        release_freed_memory()
         # DICOM results are built only to be sent: for a complete series, with a destination
         dicom_problem = "" if reasons or self.config.destination is None else self._save_dicom(result, study, outdir)
         will_send = not dicom_problem and self.config.destination is not None and (outdir / "dicom").is_dir()
