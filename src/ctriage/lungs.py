@@ -36,6 +36,9 @@ BODY_HU = -500.0
 DENSE_LUNG_MAX_HU = 200.0  # hull additions denser than this are bone, not lung
 ANGLE_STEP_DEG = 2
 DENSE_LUNG_MIN_THICKNESS_MM = 5.0
+# The apex: slices above a lung's largest section with less than this share of it. Chest wall and neck muscle
+# surround the small apical sections, and dense consolidation there is rare in COVID-19: nothing is added there.
+APEX_AREA_FRACTION = 0.4
 HULL_MARGIN_MM = 10.0  # dense lung may reach this far beyond the aerated lung's convex hull
 BEYOND_TOLERANCE_MM = 5.0  # dense lung lies beyond the outermost aerated lung in its direction, less this
 # The diaphragm under each lung is the lowest aerated lung of each (y, x) column, with upward dents narrower
@@ -291,12 +294,15 @@ def _side_region(
     below_floor: np.ndarray,
 ) -> np.ndarray:
     """Dense-lung region of one lung (bool, z-y-x, working grid) with working-grid ``hu``, ``lung_under`` and
-    ``below_floor`` (see :func:`dense_lung_region`); with ``within``, only on slices where ``within`` has pixels
-    in reach of the lung (its bounding box grown by the margin)."""
+    ``below_floor`` (see :func:`dense_lung_region`), empty at the apex (``APEX_AREA_FRACTION``); with
+    ``within``, only on slices where ``within`` has pixels in reach of the lung (its bounding box grown by the
+    margin)."""
     margin_px = (HULL_MARGIN_MM / pixel_mm[0], HULL_MARGIN_MM / pixel_mm[1])
     reach = (int(np.ceil(margin_px[0])), int(np.ceil(margin_px[1])))
     region = np.zeros_like(lung)
-    for k in np.flatnonzero(voxels_per_slice(lung) >= 30):
+    area = voxels_per_slice(lung)
+    apex = (np.arange(len(area)) < np.argmax(area)) & (area < APEX_AREA_FRACTION * area.max(initial=0))
+    for k in np.flatnonzero((area >= 30) & ~apex):
         rows, cols = np.flatnonzero(lung[k].any(axis=1)), np.flatnonzero(lung[k].any(axis=0))
         box = (slice(max(rows[0] - reach[0], 0), rows[-1] + 1 + reach[0]),
                slice(max(cols[0] - reach[1], 0), cols[-1] + 1 + reach[1]))
