@@ -11,7 +11,6 @@ import pytest
 from ctriage.identify import (
     Identification,
     IdentificationModel,
-    aggregate,
     identify,
     lesion_features,
     model_inputs,
@@ -68,13 +67,6 @@ def test_lower_zone_share_over_the_lung_z_extent() -> None:
     lesion[6, 6:8, 26:30] = 1  # slice 6 of 0..8: centre 6.5 / 9 > 2/3 -> lower zone (8 px)
     lesion[5, 6:8, 26:30] = 1  # slice 5: 5.5 / 9 < 2/3 -> not (8 px)
     assert lesion_features(lesion, left3, right3, (2.0, 1.0, 1.0))["lower_zone_share"] == pytest.approx(0.5)
-
-
-def test_aggregate_is_mean_of_top_five_percent() -> None:
-    probabilities = np.r_[np.zeros(38), [0.8, 1.0]]  # 40 slices -> top 2
-    assert aggregate(probabilities) == pytest.approx(0.9)
-    assert aggregate(np.array([0.3])) == pytest.approx(0.3)
-    assert aggregate(np.zeros(0)) == 0.0
 
 
 def test_model_inputs_order_and_log_transform() -> None:
@@ -138,3 +130,27 @@ def test_identify_on_a_real_slice_with_the_lesion_model(model: IdentificationMod
     assert 0.0 <= result.probability <= 1.0
     assert result.features["lesion_ratio"] > 0.0
     assert result.positive  # a radiologist-labelled COVID-19 slice, segmented by the shipped lesion model
+
+
+def test_study_is_scored_as_one_volume(model: IdentificationModel) -> None:
+    """The study probability is the model's on the whole volume's features, so the pattern over all slices
+    counts: the same lesion voxels spread over both lungs' periphery score above the same amount in one lung's
+    core (bilateral, peripheral), and a volume of one slice scores as that slice."""
+    left, right = two_lungs((40, 40))
+    left3, right3 = np.repeat(left[None], 6, 0), np.repeat(right[None], 6, 0)
+    spread = np.zeros(left3.shape, np.uint8)
+    spread[:, 14, 5:15] = 1  # right lung's posterior edge row on every slice: 60 px
+    spread[:, 14, 25:35] = 1  # left lung's: 60 px
+    core = np.zeros(left3.shape, np.uint8)
+    core[:, 8:11, 26:30] = 1  # 12 px per slice in the left lung's middle, 72 px
+    core[:4, 8:11, 30:34] = 1  # 48 more: 120 px in all, as the spread mask
+    assert (spread > 0).sum() == (core > 0).sum() == 120
+    spacing = (2.0, 2.0, 2.0)  # 2 mm pixels: depth is measured on this very grid
+    bilateral_peripheral = identify(spread, left3, right3, spacing, model=model)
+    one_core = identify(core, left3, right3, spacing, model=model)
+    assert bilateral_peripheral.probability > one_core.probability
+    expected = model.predict(model_inputs(lesion_features(spread, left3, right3, spacing), model.input_names)[None])
+    assert bilateral_peripheral.probability == pytest.approx(float(expected[0]))
+    one_slice = identify(spread[0], left, right, spacing[1:], model=model)
+    assert one_slice.probability == pytest.approx(identify(spread[:1], left3[:1], right3[:1], spacing,
+                                                           model=model).probability)

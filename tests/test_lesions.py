@@ -63,15 +63,19 @@ def test_crop_box_margin_and_minimum_size():
 
 
 def test_real_covid_ct_slices_with_infection_score_higher(p001):
-    """P001 (COVID-19): radiologist per-slice infection labels vs the model's lesion fraction per slice."""
+    """P001 (COVID-19): radiologist per-slice infection labels vs the lesion fraction per slice, from the model's
+    mask in the lungs after the product's clean-up (dense lung, small-lesion removal)."""
+    from ctriage.pipeline import lesions_in_lungs
+
     with open(require(P001_LABELS)) as handle:
         infected = np.array([int(row["infection"]) for row in csv.DictReader(handle)])
-    lungs = segment_lungs(p001.hu, p001.spacing_mm).combined
-    result = segment_lesions(p001.hu, lungs, p001.spacing_mm)
-    assert not result.mask[~lungs].any()
-    fraction = (result.mask > 0).sum(axis=(1, 2)) / np.maximum(lungs.sum(axis=(1, 2)), 1)
-    assert roc_auc(infected, fraction) > 0.75
-    assert fraction[infected == 1].mean() > 3 * fraction[infected == 0].mean()
+    aerated = segment_lungs(p001.hu, p001.spacing_mm)
+    result = segment_lesions(p001.hu, aerated.combined, p001.spacing_mm)
+    assert not result.mask[~aerated.combined].any()
+    lungs, mask, _ = lesions_in_lungs(aerated, result.mask, p001.hu, p001.spacing_mm, denoise=True)
+    fraction = (mask > 0).sum(axis=(1, 2)) / np.maximum(lungs.combined.sum(axis=(1, 2)), 1)
+    auc = roc_auc(infected, fraction)
+    assert auc > 0.85, auc  # measured 0.860 (v1 model: > 0.75); the slice agreement is in tests/test_pipeline.py
 
 
 def test_max_lesion_probability_matches_softmax():

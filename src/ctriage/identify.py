@@ -1,14 +1,11 @@
 """Study-level COVID-19 identification from the lesion masks (burden, both lungs, distribution, GGO share).
 
 The classifier is a small logistic model over features of the lesion mask; it is trained on 2D slices (a slice
-is a volume of one slice) and applied to a study slice by slice:
-
-1. per axial slice whose lung area is at least ``MIN_SLICE_LUNG_FRACTION`` of the largest lung slice, compute
-   :func:`lesion_features` and the model's probability;
-2. the study probability is the mean of the highest ``TOP_SLICE_FRACTION`` of those slice probabilities (at
-   least one slice): the most involved slices play the part of the slice a reader would have picked.
-
-``Identification.features`` holds the same features over the whole volume, for the report.
+is a volume of one slice) and applied to a study as one volume: :func:`lesion_features` over the whole study
+(burden, both lungs, peripheral, posterior and GGO shares of all its lesion voxels). The pattern of a
+pneumonia is a property of the whole chest; scoring the most involved slices alone (the earlier rule: mean of
+the top 5 % of slice probabilities) called every real study with any lesion positive, a CAP and a tumour
+above a COVID-19 study (docs/identification.md).
 """
 
 from __future__ import annotations
@@ -22,8 +19,6 @@ from scipy import ndimage
 from ctriage.models.registry import ModelHandle, load_model
 from ctriage.preprocess import block_counts, subsample, voxels_per_slice, work_grid_factor
 
-MIN_SLICE_LUNG_FRACTION = 0.25
-TOP_SLICE_FRACTION = 0.05
 BILATERAL_MIN_RATIO = 0.005  # a lung counts as involved when at least 0.5 % of it is lesion
 PERIPHERAL_DEPTH = 1.0 / 3.0  # outer third of each lung's in-plane depth (distance to the lung border)
 LOG_RATIO_FLOOR = 1e-3
@@ -194,27 +189,6 @@ class IdentificationModel:
         return self._session.run(["probability"], {"features": batch})[0].reshape(-1)
 
 
-def slice_probabilities(counts: np.ndarray, model: IdentificationModel) -> tuple[np.ndarray, np.ndarray]:
-    """(slice indices, probabilities) of slices with lung area >= ``MIN_SLICE_LUNG_FRACTION`` of max.
-
-    ``counts`` is the :func:`slice_counts` table of the study; each slice is scored as a study of one slice.
-    """
-    area = counts[:, LUNG_LEFT] + counts[:, LUNG_RIGHT]
-    if area.max(initial=0) == 0:
-        return np.zeros(0, int), np.zeros(0, np.float32)
-    picked = np.flatnonzero(area >= MIN_SLICE_LUNG_FRACTION * area.max())
-    rows = [model_inputs(features_from_counts(counts[z:z + 1]), model.input_names) for z in picked]
-    return picked, model.predict(np.stack(rows))
-
-
-def aggregate(probabilities: np.ndarray) -> float:
-    """Study probability: mean of the top ``TOP_SLICE_FRACTION`` of slice probabilities (>= 1); 0 if none."""
-    if probabilities.size == 0:
-        return 0.0
-    k = max(1, int(round(TOP_SLICE_FRACTION * probabilities.size)))
-    return float(np.sort(probabilities)[-k:].mean())
-
-
 def identify(
     lesion_mask: np.ndarray,
     lung_left: np.ndarray,
@@ -228,13 +202,11 @@ def identify(
     ``lesion_mask`` uint8 (z, y, x) or (y, x): 0 bg, 1 GGO, 2 consolidation; ``lung_left``/``lung_right``
     boolean, same shape; ``spacing_mm`` (z, y, x) or (y, x). ``slice_probability`` (the lesion model's
     per-slice lesion probability) is carried into ``features`` as its maximum for the report; the model does
-    not use it. The aggregation from slices to the study is described in the module docstring.
+    not use it. The study is scored as one volume (see the module docstring).
     """
     model = model or IdentificationModel()
-    counts = slice_counts(lesion_mask, lung_left, lung_right, spacing_mm)
-    _, probabilities = slice_probabilities(counts, model)
-    probability = aggregate(probabilities)
-    features = features_from_counts(counts)
+    features = lesion_features(lesion_mask, lung_left, lung_right, spacing_mm)
+    probability = float(model.predict(model_inputs(features, model.input_names)[None])[0])
     if slice_probability is not None and np.size(slice_probability):
         features["max_slice_probability"] = float(np.max(slice_probability))
     return Identification(

@@ -231,7 +231,7 @@ def remove_small_lesions(
     return out
 
 
-MIN_STUDY_LESION_ML = 2.0  # less lesion than this in a whole study is no finding: see docs/models.md
+MIN_STUDY_LESION_ML = 3.0  # less lesion than this in a whole study is no finding: see docs/models.md
 
 
 def dismiss_minor_findings(

@@ -293,8 +293,8 @@ def train(
         "validation": chosen,
         "validation_all_features": full,
         "validation_lesion_ratio_only": baseline,
-        "aggregation": "study probability = mean of the top 5 % slice probabilities over slices with lung area"
-                       " >= 25 % of the largest lung slice (ctriage.identify)",
+        "aggregation": "study probability = the model on the lesion features of the whole study "
+                       "(all slices as one volume, ctriage.identify)",
         "training_data": f"shared/data/identification_slices (UCSD COVID-CT + LUNA16 slices), all splits, "
                          f"{len(items)} slices: LUNA16 scans the lesion model trained on are left out",
         "training": {"command": "ctriage train identification", "date": f"{datetime.now(UTC):%Y-%m-%d}",
