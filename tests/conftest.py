@@ -13,6 +13,8 @@ DATA = REPO.parent / "shared" / "data"
 P001_DICOM = DATA / "ct_volumes" / "covidctmd_P001_covid19" / "dicom"
 P001_LABELS = DATA / "ct_volumes" / "covidctmd_P001_covid19" / "slice_labels.csv"
 A0001_DICOM = DATA / "ct_volumes" / "lungpetctdx_A0001_noncovid_adenocarcinoma"
+CAP001 = DATA / "ct_volumes" / "covidctmd_cap001_cap"
+NORMAL002_DICOM = DATA / "ct_volumes" / "covidctmd_normal002_normal" / "dicom"
 TOTALSEG = DATA / "totalsegmentator_examples"
 
 

