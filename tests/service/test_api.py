@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import gzip
 from datetime import timedelta
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from ctriage.service.api import create_app
 from ctriage.service.db import DONE, INCOMPLETE, Study, utcnow
 from ctriage.service.runtime import Service
+from ctriage.service.viewer import open_viewer
 from tests.service.conftest import logged_in, with_lesions
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -161,3 +165,22 @@ def test_web_pages_are_served(client: TestClient):
     assert "worklist" in client.get("/").text
     assert "study.js" in client.get("/study.html").text
     assert client.get("/api/me").json()["policies"] == ["identification", "severity", "combined"]
+
+
+def test_ct_volume_as_nifti_on_the_lesion_grid(client: TestClient, service: Service, ct_series: Path):
+    """The MPR viewer's CT: the viewer's HU slices as one NIfTI, on the grid and affine of lesions.nii.gz."""
+    study_id = _upload_series(client, ct_series)
+    assert client.get(f"/api/studies/{study_id}/volume.nii.gz").status_code == 409  # not analysed yet
+    assert service.worker.run_once()
+    response = client.get(f"/api/studies/{study_id}/volume.nii.gz")
+    assert response.status_code == 200
+    ct = nib.Nifti1Image.from_bytes(gzip.decompress(response.content))
+    mask = client.get(f"/api/studies/{study_id}/files/lesions.nii.gz").content
+    lesions = nib.Nifti1Image.from_bytes(gzip.decompress(mask))
+    assert ct.shape == lesions.shape and np.allclose(ct.affine, lesions.affine)
+    hu = np.asarray(ct.dataobj)
+    with service.sessions() as session:
+        viewer = open_viewer(session.get(Study, study_id).result_dir)
+    assert hu.dtype == np.int16 and np.array_equal(hu[:, :, 10].T, viewer.slice(10)[0])  # stored (x, y, z)
+    labels = np.asarray(lesions.dataobj)
+    assert np.flatnonzero(labels.reshape(-1, labels.shape[2]).any(axis=0)).tolist() == [10]  # the drawn lesion

@@ -11,6 +11,8 @@ import functools
 import http.server
 import shutil
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -198,3 +200,19 @@ def test_viewer_opens_on_the_most_involved_slice_and_steps_through_lesions(serve
     page.locator("#prev-lesion").click()
     _slice_shown(page, 4, 1)
     assert page.locator(".side-r").inner_text() == "R" and page.locator(".side-l").inner_text() == "L"
+
+
+def test_mpr_panel_loads_the_ct_and_lesions_in_niivue(server, page):
+    base, service = server
+    with pytest.raises(urllib.error.HTTPError) as refused:  # no session: no volume
+        urllib.request.urlopen(f"{base}/api/studies/1/volume.nii.gz", timeout=10)
+    assert refused.value.code == 401
+    _log_in(page, base, "dr.chase", "/study.html?id=1")
+    page.locator("#mpr-open").click()
+    assert page.locator("#mpr-canvas").is_visible()
+    page.wait_for_function("window.mprLoaded || window.mprError")
+    assert page.evaluate("window.mprError || ''") == ""
+    volumes = page.evaluate("window.mprViewer.volumes.map((v) => [v.name, Array.from(v.hdr.dims.slice(1, 4))])")
+    assert [name for name, _ in volumes] == ["ct.nii.gz", "lesions.nii.gz"]
+    assert volumes[0][1] == volumes[1][1]  # the CT and its labels on one grid
+    assert page.evaluate("window.mprViewer.opts.sliceType") == page.evaluate("window.mprViewer.sliceTypeMultiplanar")

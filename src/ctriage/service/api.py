@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hmac
 import io
 import json
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlsplit
 
+import nibabel as nib
 import numpy as np
 import pydicom
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
@@ -298,6 +300,23 @@ def create_app(service: Service) -> FastAPI:
         if not _SAFE_FILE.match(name) or path is None or not path.is_file():
             raise HTTPException(404, f"no file {name!r} for study {study_id}")
         return FileResponse(path)
+
+    @app.get("/api/studies/{study_id}/volume.nii.gz")
+    def get_volume(study_id: int) -> Response:
+        """The study's CT (HU) as gzipped NIfTI on the grid of its lesions.nii.gz, for the MPR (NiiVue) viewer."""
+        study = load(study_id)
+        folder = Path(study.result_dir) if study.result_dir else None
+        viewer = open_viewer(study.result_dir) if study.result_dir else None
+        if viewer is None or folder is None or not (folder / "lesions.nii.gz").is_file():
+            raise HTTPException(409, "the study has no analysis result yet")
+        masks = nib.load(str(folder / "lesions.nii.gz"))
+        hu = viewer.hu_volume().transpose(2, 1, 0)  # canonical (z, y, x) stored (x, y, z) as the masks are
+        if hu.shape != masks.shape:
+            raise HTTPException(409, f"viewer data {hu.shape} and lesion mask {masks.shape} differ: analyse again")
+        image = nib.Nifti1Image(hu, masks.affine)
+        image.header.set_xyzt_units("mm")
+        data = gzip.compress(image.to_bytes(), compresslevel=1)
+        return Response(data, media_type="application/gzip", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.post("/api/studies/{study_id}/retry")
     def retry(study_id: int, request: Request, _admin: AdminDep) -> dict[str, Any]:

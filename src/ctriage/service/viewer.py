@@ -86,6 +86,13 @@ class ViewerData:
             labels = np.load(io.BytesIO(archive.read(f"labels/{z}.npy")))
         return (hu.astype(np.int32) - HU_OFFSET).astype(np.int16), labels[0], labels[1]
 
+    def hu_volume(self) -> np.ndarray:
+        """The whole HU volume (z, y, x; int16), canonical as the report's NIfTI masks (for the MPR viewer)."""
+        with zipfile.ZipFile(self.path) as archive:
+            planes = [jpeg_ls.decode(np.frombuffer(archive.read(f"hu/{z}.jls"), np.uint8))
+                      for z in range(self.n_slices)]
+        return (np.stack(planes).astype(np.int32) - HU_OFFSET).astype(np.int16)
+
 
 @lru_cache(maxsize=32)
 def open_viewer(result_dir: str) -> ViewerData | None:

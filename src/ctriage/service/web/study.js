@@ -138,6 +138,53 @@ async function post(path) {
   await load();
 }
 
+// Multiplanar view (NiiVue, vendored): the CT as NIfTI from the API with the report's lesion labels over it.
+const LUNG_WINDOW = [-1350, 150];  // HU shown black to white at first, as the slice viewer's lung window
+let mpr = null;
+
+async function openMpr() {
+  $("mpr").hidden = false;
+  if (mpr) return;
+  const DRAG = niivue.DRAG_MODE;
+  mpr = new niivue.Niivue({
+    backColor: [0, 0, 0, 1], show3Dcrosshair: true, isRadiologicalConvention: true,
+    isOrientationTextVisible: true, dragAndDropEnabled: false,
+    mouseEventConfig: {
+      leftButton: { primary: DRAG.crosshair, withShift: DRAG.pan, withCtrl: DRAG.windowing },
+      rightButton: DRAG.windowing, centerButton: DRAG.pan,
+    },
+  });
+  window.mprViewer = mpr;
+  $("mpr-status").textContent = "loading volume...";
+  try {
+    await mpr.attachToCanvas($("mpr-canvas"));
+    mpr.setSliceType(mpr.sliceTypeMultiplanar);
+    mpr.onLocationChange = (data) => { $("mpr-location").textContent = data.string || ""; };
+    await mpr.loadVolumes([
+      { url: `/api/studies/${studyId}/volume.nii.gz`, name: "ct.nii.gz", colormap: "gray",
+        cal_min: LUNG_WINDOW[0], cal_max: LUNG_WINDOW[1] },
+      { url: `/api/studies/${studyId}/files/lesions.nii.gz`, name: "lesions.nii.gz", opacity: 0.5 },
+    ]);
+    // labels as the slice viewer colours them: 1 ground-glass opacity (gold), 2 consolidation (red)
+    mpr.volumes[1].setColormapLabel({ R: [0, 255, 230], G: [0, 215, 40], B: [0, 0, 40], A: [0, 255, 255],
+      I: [0, 1, 2] });
+    mpr.updateGLVolume();
+    $("mpr-status").textContent = "";
+    window.mprLoaded = true;  // read by the browser test
+  } catch (error) {
+    $("mpr-status").textContent = `MPR view unavailable: ${error.message || error}`;
+    window.mprError = String(error);
+  }
+}
+
+function mprZoom(factor) {
+  if (!mpr) return;
+  const pan = mpr.scene.pan2Dxyzmm;
+  pan[3] = factor ? Math.max(0.5, Math.min(8, pan[3] * factor)) : 1;
+  if (!factor) { pan[0] = 0; pan[1] = 0; pan[2] = 0; }
+  mpr.drawScene();
+}
+
 async function init() {
   const health = await signIn();
   if (!health) return;
@@ -160,6 +207,13 @@ async function init() {
   $("next-lesion").addEventListener("click", () => lesionStep(1));
   $("overlay").addEventListener("change", () => show(state.index));
   $("lungs").addEventListener("change", () => show(state.index));
+  $("mpr-open").addEventListener("click", openMpr);
+  $("mpr-zoom-in").addEventListener("click", () => mprZoom(1.25));
+  $("mpr-zoom-out").addEventListener("click", () => mprZoom(0.8));
+  $("mpr-reset").addEventListener("click", () => mprZoom(0));
+  $("mpr-overlay").addEventListener("change", () => {
+    if (mpr && mpr.volumes.length > 1) mpr.setOpacity(1, $("mpr-overlay").checked ? 0.5 : 0);
+  });
   $("confirm").addEventListener("click", () => review("confirmed"));
   $("reject").addEventListener("click", () => review("rejected"));
   $("retry").addEventListener("click", () => post("retry"));
