@@ -87,6 +87,25 @@ def test_restart_finishes_interrupted_and_waiting_studies(config, ct_series: Pat
     assert _study(after).status == DONE
 
 
+def test_instances_arriving_during_a_refused_analysis_cause_a_new_analysis(config, ct_series: Path, analyze):
+    """A partial series refused as incomplete (too few slices) while the rest arrives is analysed again, not left
+    incomplete (a race seen with PACS pulls: the rest was stored while the first files were being analysed)."""
+    files = sorted(ct_series.iterdir())
+    holder: dict[str, Service] = {}
+
+    def refused_while_receiving(path: Path, progress=None):
+        try:
+            return analyze(path, progress)  # three slices: refused as incomplete
+        finally:
+            store_series(holder["service"].store, ct_series, files[3:])  # meanwhile the rest was stored
+
+    service = holder["service"] = Service.create(config, refused_while_receiving)
+    store_series(service.store, ct_series, files[:3])
+    service.worker.run_once()
+    study = _study(service)
+    assert study.status == RECEIVING and "slices" in study.error and study.n_instances == 20
+
+
 def test_instances_arriving_during_analysis_cause_a_new_analysis(config, ct_series: Path, analyze):
     files = sorted(ct_series.iterdir())
     holder: dict[str, Service] = {}

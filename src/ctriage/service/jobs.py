@@ -60,6 +60,11 @@ def release_freed_memory() -> None:
         pass
 
 
+def grew_while_running(study: Study) -> bool:
+    """Whether the study received an instance after its analysis started."""
+    return study.started_at is not None and as_utc(study.last_instance_at) > as_utc(study.started_at)
+
+
 def incomplete_reasons(result: Any, expected_instances: dict[str, int] | None) -> list[str]:
     """Why an analysed series is not complete: fewer instances than the PACS reported, lungs cut at an edge."""
     slice_files = getattr(result.volume, "slice_files", None)
@@ -135,7 +140,7 @@ class Worker:
             report = self._save(result, outdir)
         except IncompleteSeriesError as exc:  # slices missing: analysed again when more instances arrive
             log.warning("study %s incomplete: %s", study.id, exc)
-            self._set(study.id, status=INCOMPLETE, error=str(exc), progress="", finished_at=utcnow())
+            self._end_without_result(study.id, INCOMPLETE, str(exc))
             return
         except InputError as exc:
             self._fail(study.id, str(exc))
@@ -212,7 +217,15 @@ class Worker:
 
     def _fail(self, study_id: int, reason: str) -> None:
         log.warning("study %s failed: %s", study_id, reason)
-        self._set(study_id, status=FAILED, error=reason, progress="", finished_at=utcnow())
+        self._end_without_result(study_id, FAILED, reason)
+
+    def _end_without_result(self, study_id: int, status: str, reason: str) -> None:
+        """Record an analysis that gave no result (``status`` failed or incomplete, with the reason); a study that
+        received new instances while it ran is receiving again instead, so that it is analysed again."""
+        with self.sessions.begin() as session:
+            study = session.get(Study, study_id)
+            study.status = RECEIVING if grew_while_running(study) else status
+            study.error, study.progress, study.finished_at = reason, "", utcnow()
 
     def _finish(self, claimed: Study, report: dict[str, Any], outdir: Path, send_status: str, reason: str) -> None:
         """Store the result as the study's current one and mark earlier results superseded by it; a study that
@@ -221,7 +234,7 @@ class Worker:
         identification = report.get("identification") or {}
         with self.sessions.begin() as session:
             study = session.get(Study, claimed.id)
-            grew = study.started_at is not None and as_utc(study.last_instance_at) > as_utc(study.started_at)
+            grew = grew_while_running(study)
             analysis = Analysis(
                 study_id=study.id,
                 attempt=claimed.attempts,
