@@ -216,7 +216,7 @@ def segment_lungs(hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> Lun
     left, right = split_left_right(lungs)
     # holes of a slice are vessels and lesions, but not the top of a diaphragm dome ringed by basal lung: no
     # aerated lung lies under that in its column
-    dome = below_diaphragm(lungs, min(small_spacing[1:]), closing_mm=0)
+    dome = np.arange(len(lungs))[:, None, None] > diaphragm_floor(lungs, min(small_spacing[1:]), closing_mm=0)
     left, right = ((_fill_slices(side) & ~dome) | side for side in (left, right))
     left = upsample(left, factor, hu.shape, z_factor)
     return LungMasks(left=left, right=upsample(right, factor, hu.shape, z_factor) & ~left, spacing_mm=spacing_mm)
@@ -290,11 +290,12 @@ def _side_region(
     hu: np.ndarray,
     pixel_mm: tuple[float, float],
     within: np.ndarray | None,
-    lung_under: np.ndarray,
-    below_floor: np.ndarray,
+    lowest: np.ndarray,
+    floor: np.ndarray,
 ) -> np.ndarray:
-    """Dense-lung region of one lung (bool, z-y-x, working grid) with working-grid ``hu``, ``lung_under`` and
-    ``below_floor`` (see :func:`dense_lung_region`), empty at the apex (``APEX_AREA_FRACTION``); with
+    """Dense-lung region of one lung (bool, z-y-x, working grid) with working-grid ``hu``, the slice index of the
+    ``lowest`` aerated lung and of the diaphragm ``floor`` per (y, x) column (see :func:`dense_lung_region`),
+    empty at the apex (``APEX_AREA_FRACTION``); with
     ``within``, only on slices where ``within`` has pixels in reach of the lung (its bounding box grown by the
     margin)."""
     margin_px = (HULL_MARGIN_MM / pixel_mm[0], HULL_MARGIN_MM / pixel_mm[1])
@@ -312,7 +313,7 @@ def _side_region(
         body_rows, body_cols = np.nonzero(hu[k] > BODY_HU)
         beyond_nearest, beyond_all = _beyond_lung(lung[k], candidates, (body_rows.mean(), body_cols.mean()),
                                                   BEYOND_TOLERANCE_MM / min(pixel_mm))
-        region[k] = beyond_nearest & (lung_under[k] | (beyond_all & ~below_floor[k]))
+        region[k] = beyond_nearest & ((k < lowest) | (beyond_all & (k <= floor)))
     return region
 
 
@@ -322,12 +323,12 @@ def lowest_lung(lung: np.ndarray) -> np.ndarray:
     return np.where(lung.any(axis=0), lung.shape[0] - 1 - np.argmax(lung[::-1], axis=0), -1)
 
 
-def below_diaphragm(lung: np.ndarray, pixel_mm: float, closing_mm: float = DIAPHRAGM_CLOSING_MM) -> np.ndarray:
-    """Voxels of a bool (z, y, x) aerated-lung mask's grid (z head to feet, pixels ``pixel_mm`` wide) that lie
-    below the diaphragm: lower than the lowest aerated lung of their (y, x) column, after a grey closing of that
-    depth map with a disk ``closing_mm`` across in radius (it fills upward dents under basal consolidation,
-    which hides the diaphragm, and barely touches the broad dome; 0 closes nothing). Columns without lung have
-    no floor here.
+def diaphragm_floor(lung: np.ndarray, pixel_mm: float, closing_mm: float = DIAPHRAGM_CLOSING_MM) -> np.ndarray:
+    """Slice index of the diaphragm under each (y, x) column of a bool (z, y, x) aerated-lung mask (z head to
+    feet, pixels ``pixel_mm`` wide), int (y, x): the lowest aerated lung of the column, after a grey closing of
+    that depth map with a disk ``closing_mm`` in radius (it fills upward dents under basal consolidation, which
+    hides the diaphragm, and barely touches the broad dome; 0 closes nothing). A voxel lower than its column's
+    floor is below the diaphragm; columns without lung have the number of slices as floor (nothing below).
     """
     floor = lowest_lung(lung)
     floor[floor < 0] = lung.shape[0]
@@ -335,15 +336,15 @@ def below_diaphragm(lung: np.ndarray, pixel_mm: float, closing_mm: float = DIAPH
     if radius > 0:
         grid = np.ogrid[-radius : radius + 1, -radius : radius + 1]
         floor = ndimage.grey_closing(floor, footprint=grid[0] ** 2 + grid[1] ** 2 <= radius**2, mode="nearest")
-    return np.arange(lung.shape[0])[:, None, None] > floor[None]
+    return floor
 
 
 def dense_lung_region(lungs: LungMasks, hu: np.ndarray, within: np.ndarray | None = None) -> DenseLungRegion:
     """Per slice and lung, on the working grid: the convex hull of the aerated lung grown by 10 mm, outside
     both masks, not bone (> 200 HU), not nearer the body's centre than the aerated lung (see
     :func:`_beyond_lung`: not heart or mediastinum), and inside the thoracic cavity: either with aerated lung
-    under it in its (y, x) column (lung above and below: inside the chest), or, at the lung base, between the
-    outermost aerated lung and the chest wall and not below the diaphragm (see :func:`below_diaphragm`). Liver,
+    under it in its (y, x) column (inside the chest), or, at the lung base, between the outermost aerated lung
+    and the chest wall and not below the diaphragm (see :func:`diaphragm_floor`). Liver,
     spleen, stomach and bowel under a lung base, and the top of a diaphragm dome ringed by basal lung, have no
     lung under them and lung beyond them.
 
@@ -354,10 +355,9 @@ def dense_lung_region(lungs: LungMasks, hu: np.ndarray, within: np.ndarray | Non
     left_small, right_small = subsample(lungs.left, factor), subsample(lungs.right, factor)
     small_hu, aerated = subsample(hu, factor), left_small | right_small
     pixel_mm = (lungs.spacing_mm[1] * factor, lungs.spacing_mm[2] * factor)
-    lung_under = np.arange(aerated.shape[0])[:, None, None] < lowest_lung(aerated)[None]
-    below_floor = below_diaphragm(aerated, min(pixel_mm))
-    left = _side_region(left_small, small_hu, pixel_mm, within, lung_under, below_floor) & ~aerated
-    right = _side_region(right_small, small_hu, pixel_mm, within, lung_under, below_floor) & ~aerated & ~left
+    lowest, floor = lowest_lung(aerated), diaphragm_floor(aerated, min(pixel_mm))
+    left = _side_region(left_small, small_hu, pixel_mm, within, lowest, floor) & ~aerated
+    right = _side_region(right_small, small_hu, pixel_mm, within, lowest, floor) & ~aerated & ~left
     return DenseLungRegion(left=left, right=right, factor=factor)
 
 
