@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,11 +32,21 @@ def _config(config: Path | None, **overrides: Any) -> ServiceConfig:
         raise typer.Exit(2) from exc
 
 
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _logging(verbose: bool, log_format: str = "text") -> None:
+    """Log to standard error as text lines, or (``log_format`` "json") one JSON object a line with the time,
+    level, logger, process and message, for a log collector."""
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        fields = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"
+        handler.setFormatter(JsonFormatter(fields, rename_fields={"levelname": "level", "asctime": "time"}))
+    else:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
     logging.getLogger("pynetdicom").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
@@ -64,7 +76,6 @@ def serve(
     from ctriage.service.runtime import Service
 
     start_workers()  # forked now, before the listener and job threads start
-    _logging(verbose)
     settings = _config(
         config,
         data_dir=data_dir,
@@ -79,6 +90,7 @@ def serve(
         quiet_period_s=quiet_period_s,
         workers=workers,
     )
+    _logging(verbose, settings.log_format)
     service = Service.create(settings)
     service.start()
     typer.echo(
@@ -115,7 +127,6 @@ def pull(
     from ctriage.service.pacs import DicomNetworkError
     from ctriage.service.runtime import Service
 
-    _logging(verbose)
     settings = _config(
         config,
         data_dir=data_dir,
@@ -125,6 +136,7 @@ def pull(
         retrieve_method=method,
         pull_days=days,
     )
+    _logging(verbose, settings.log_format)
     if settings.pacs is None:
         typer.echo("error: no PACS configured (--pacs AE@host:port or 'pacs' in the config)", err=True)
         raise typer.Exit(2)
@@ -138,6 +150,29 @@ def pull(
     finally:
         service.stop()
     typer.echo(f"retrieved {len(fetched)} new study(ies)" + "".join(f"\n  {uid}" for uid in fetched))
+
+
+@app.command()
+def worker(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    concurrency: Annotated[int | None, typer.Option(help="Analyses at a time (processes); default: workers.")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on this port.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Analyse studies queued by `ctriage serve` front ends (distributed mode: broker_url, a PostgreSQL
+    database_url and a data_dir shared with the front ends), until interrupted. Run it on as many machines as
+    needed; see docs/deployment.md."""
+    settings = _config(config, data_dir=data_dir, workers=concurrency, metrics_port=metrics_port)
+    if not settings.distributed:
+        typer.echo("error: no broker_url: `ctriage worker` is for distributed mode (docs/deployment.md)", err=True)
+        raise typer.Exit(2)
+    _logging(verbose, settings.log_format)
+    if settings.metrics_port:  # before the metrics are created: one set of files for all the worker's processes
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="ctriage-metrics-"))
+    from ctriage.service.worker import run_worker
+
+    run_worker(settings)
 
 
 PasswordStdinOpt = Annotated[

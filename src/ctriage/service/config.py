@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,25 @@ class ServiceConfig:
     send_secondary_capture: bool = True
     secure_cookies: bool = True  # session cookie only over HTTPS (the reverse proxy's TLS); false: plain-HTTP tests
     session_hours: float = 12.0  # a login lasts this long
+    sites: dict[str, str] = field(default_factory=dict)  # calling AE title -> site (hospital); unlisted: the AE title
+    log_format: str = "text"  # "json": one JSON object per log line (for a log collector)
+    # distributed mode (docs/deployment.md): set broker_url (and a PostgreSQL database_url, a shared data_dir) and
+    # `serve` only receives and queues, `ctriage worker` processes on any machines analyse
+    broker_url: str = ""  # Celery broker, e.g. redis://broker:6379/0; empty: one box, in-process workers
+    lease_s: float = 120.0  # a running analysis whose worker sent no heartbeat for this long is queued again
+    visibility_timeout_s: float = 3600.0  # Redis broker: an unacknowledged task is delivered again after this
+    max_attempts: int = 3  # analyses that crash are retried until this many attempts, then dead-lettered
+    retry_backoff_s: float = 30.0  # wait before the n-th retry: retry_backoff_s * 2 ** (n - 1)
+    metrics_port: int = 0  # `ctriage worker`: Prometheus metrics on this port; 0: none
+
+    @property
+    def distributed(self) -> bool:
+        """Whether analyses run in `ctriage worker` processes fed by the broker rather than in `serve`."""
+        return bool(self.broker_url)
+
+    def site_of(self, calling_ae: str) -> str:
+        """The site (hospital) of studies sent by ``calling_ae``: from ``sites``, else the AE title itself."""
+        return self.sites.get(calling_ae, calling_ae)
 
     @property
     def tls(self) -> bool:
@@ -110,15 +129,26 @@ def _coerce(name: str, value: Any) -> Any:
             if not re.fullmatch(r"[^@\s]+@[^@\s]+", peer):
                 raise ValueError(f"allowed_peers: {peer!r}: expected AE_TITLE@host (IP address, network or name)")
         return peers
-    if name in ("dicom_port", "http_port", "workers", "pull_days"):
+    if name == "sites":
+        return dict(value) if isinstance(value, dict) else _pairs(value)
+    if name in ("dicom_port", "http_port", "workers", "pull_days", "max_attempts", "metrics_port"):
         return int(value)
     if name in (
-        "quiet_period_s", "poll_interval_s", "pull_interval_s", "session_hours", "min_free_disk_mb", "retention_days"
+        "quiet_period_s", "poll_interval_s", "pull_interval_s", "session_hours", "min_free_disk_mb", "retention_days",
+        "lease_s", "visibility_timeout_s", "retry_backoff_s",
     ):
         return float(value)
     if name in ("send_secondary_capture", "secure_cookies", "tls_outgoing"):
         return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
     return str(value)
+
+
+def _pairs(value: str) -> dict[str, str]:
+    """``"AE1=site a,AE2=site b"`` as a dict (the environment / command-line form of the ``sites`` table)."""
+    pairs = [item.partition("=") for item in value.split(",") if item.strip()]
+    if any(not key.strip() or not sep for key, sep, _ in pairs):
+        raise ValueError(f"sites: {value!r}: expected AE_TITLE=site,AE_TITLE=site")
+    return {key.strip(): site.strip() for key, _, site in pairs}
 
 
 def _known(values: dict[str, Any], origin: str) -> dict[str, Any]:
@@ -161,6 +191,10 @@ def load_config(
         raise ValueError("tls_certificate and tls_private_key go together")
     if config.tls_outgoing and config.tls_ca_certificates is None:
         raise ValueError("tls_outgoing needs tls_ca_certificates to verify the PACS's certificate")
+    if config.log_format not in ("text", "json"):
+        raise ValueError(f"log_format must be 'text' or 'json', not {config.log_format!r}")
+    if config.broker_url and config.db_url.startswith("sqlite"):
+        raise ValueError("broker_url (distributed mode) needs a shared database_url (postgresql+psycopg://...)")
     if config.pull_days < 1:
         raise ValueError(f"pull_days must be at least 1, not {config.pull_days}")
     return config

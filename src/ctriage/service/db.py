@@ -15,6 +15,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
     create_engine,
     event,
     inspect,
@@ -30,8 +31,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 # again when more instances arrive.
 RECEIVING, QUEUED, RUNNING, DONE, FAILED = "receiving", "queued", "running", "done", "failed"
 INCOMPLETE = "incomplete"
-STATUSES = (RECEIVING, QUEUED, RUNNING, DONE, INCOMPLETE, FAILED)
-FINISHED = (DONE, INCOMPLETE, FAILED)  # states a retry or a new instance starts from
+DEAD_LETTER = "dead-letter"  # distributed mode: the analysis crashed on every one of its attempts (reason in error)
+STATUSES = (RECEIVING, QUEUED, RUNNING, DONE, INCOMPLETE, FAILED, DEAD_LETTER)
+FINISHED = (DONE, INCOMPLETE, FAILED, DEAD_LETTER)  # states a retry or a new instance starts from
 SENDING = "sending"  # send_status while results are on their way to the destination
 INTERRUPTED_SEND = "failed: interrupted by a restart; send again"
 
@@ -54,6 +56,7 @@ class Study(Base):
     study_uid: Mapped[str] = mapped_column(String(128), unique=True, index=True)
     source: Mapped[str] = mapped_column(String(16))  # push, pull or upload
     calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    site: Mapped[str] = mapped_column(String(64), default="", index=True)  # hospital, from the calling AE
     path: Mapped[str] = mapped_column(Text)  # folder (or NIfTI file) the analysis reads
     patient_id: Mapped[str] = mapped_column(String(64), default="")
     patient_name: Mapped[str] = mapped_column(String(128), default="")
@@ -80,6 +83,12 @@ class Study(Base):
     send_status: Mapped[str] = mapped_column(Text, default="")  # "", "sent ...", "failed: reason"
     # SeriesInstanceUID -> NumberOfSeriesRelatedInstances the PACS reported (C-FIND) for the CT series pulled
     expected_instances: Mapped[dict[str, int] | None] = mapped_column(JSON, nullable=True)
+    # distributed mode (see ``queue``): when a queued study may go to the broker (back-off), when it went, which
+    # worker holds the running analysis and until when its lease lasts without a heartbeat
+    dispatch_after: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    worker: Mapped[str] = mapped_column(String(128), default="")
     reviews: Mapped[list[Review]] = relationship(
         back_populates="study", order_by="Review.created_at", cascade="all, delete-orphan"
     )
@@ -94,6 +103,7 @@ class Study(Base):
             "id": self.id,
             "study_uid": self.study_uid,
             "source": self.source,
+            "site": self.site,
             "patient_id": self.patient_id,
             "patient_name": self.patient_name,
             "accession_number": self.accession_number,
@@ -120,9 +130,10 @@ class Study(Base):
 
 class Analysis(Base):
     """One analysis result of a study (first run, re-analysis after late instances, retry); the newest is current,
-    the earlier ones are marked superseded by it."""
+    the earlier ones are marked superseded by it. One claim of a study (its attempt number) stores at most one."""
 
     __tablename__ = "analyses"
+    __table_args__ = (UniqueConstraint("study_id", "attempt", name="uq_analyses_study_attempt"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
@@ -131,6 +142,8 @@ class Analysis(Base):
     reason: Mapped[str] = mapped_column(Text, default="")  # why incomplete
     result_dir: Mapped[str] = mapped_column(Text)
     n_instances: Mapped[int] = mapped_column(Integer, default=0)
+    series_uid: Mapped[str] = mapped_column(String(128), default="")  # the analysed series
+    model_version: Mapped[str] = mapped_column(String(256), default="")  # software and model versions
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     superseded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     superseded_by: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -144,6 +157,8 @@ class Analysis(Base):
             "status": self.status,
             "reason": self.reason,
             "n_instances": self.n_instances,
+            "series_uid": self.series_uid,
+            "model_version": self.model_version,
             "created_at": _iso(self.created_at),
             "superseded_at": _iso(self.superseded_at),
             "superseded_by": self.superseded_by,
@@ -182,6 +197,7 @@ class User(Base):
     username: Mapped[str] = mapped_column(String(64), unique=True)
     password_hash: Mapped[str] = mapped_column(String(256))
     role: Mapped[str] = mapped_column(String(16))  # radiologist or admin
+    sites: Mapped[str] = mapped_column(Text, default="")  # comma-separated sites a radiologist sees; "": all
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -251,21 +267,29 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def open_db(url: str) -> sessionmaker[Session]:
-    """Connect to (and create the tables of) the database at ``url``; returns a session factory."""
+    """Connect to the database at ``url`` and bring its tables up to date; returns a session factory.
+
+    SQLite (one box) creates missing tables and columns itself; any other database (PostgreSQL) is migrated to
+    the newest Alembic revision (see ``migrations``), by one front end or worker at a time.
+    """
     is_sqlite = url.startswith("sqlite")
     engine: Engine = create_engine(
         url,
         connect_args={"timeout": 30, "check_same_thread": False} if is_sqlite else {},
         json_serializer=lambda v: json.dumps(v, allow_nan=False, default=str),
+        pool_pre_ping=not is_sqlite,  # a server restart or failover leaves dead connections in the pool
     )
-    if is_sqlite:
-        event.listen(engine, "connect", _sqlite_pragmas)
+    if not is_sqlite:
+        from ctriage.service.migrations import upgrade
+
+        upgrade(engine)
+        return sessionmaker(engine, expire_on_commit=False)
+    event.listen(engine, "connect", _sqlite_pragmas)
     Base.metadata.create_all(engine)
     _add_new_columns(engine)
-    if is_sqlite:
-        with engine.begin() as connection:
-            for trigger in APPEND_ONLY_TRIGGERS:
-                connection.execute(text(trigger))
+    with engine.begin() as connection:
+        for trigger in APPEND_ONLY_TRIGGERS:
+            connection.execute(text(trigger))
     return sessionmaker(engine, expire_on_commit=False)
 
 
@@ -310,9 +334,13 @@ def promote_quiet(sessions: sessionmaker[Session], quiet_period_s: float, now: d
             for s in session.scalars(select(Study).where(Study.status == RECEIVING))
             if (now - as_utc(s.last_instance_at)).total_seconds() >= quiet_period_s
         ]
-        if ids:
-            session.execute(update(Study).where(Study.id.in_(ids)).values(status=QUEUED))
-        return len(ids)
+        if not ids:
+            return 0
+        # still receiving: another front end may have queued it, or an instance arrived, meanwhile
+        queued = session.execute(
+            update(Study).where(Study.id.in_(ids), Study.status == RECEIVING).values(status=QUEUED)
+        )
+        return queued.rowcount or 0
 
 
 def as_utc(value: datetime) -> datetime:

@@ -65,6 +65,13 @@ def grew_while_running(study: Study) -> bool:
     return study.started_at is not None and as_utc(study.last_instance_at) > as_utc(study.started_at)
 
 
+def model_version(report: dict[str, Any]) -> str:
+    """The software and model versions a report was made with, as one string ("ctriage 0.1.0; lesions 2; ...")."""
+    software = (report.get("software") or {}).get("version", "")
+    models = sorted((report.get("models") or {}).items())
+    return "; ".join([f"ctriage {software}", *(f"{stage} {version}" for stage, version in models)])[:256]
+
+
 def incomplete_reasons(result: Any, expected_instances: dict[str, int] | None) -> list[str]:
     """Why an analysed series is not complete: fewer instances than the PACS reported, lungs cut at an edge."""
     slice_files = getattr(result.volume, "slice_files", None)
@@ -147,7 +154,7 @@ class Worker:
             return
         except Exception as exc:  # a bug or resource problem: keep the reason, keep the files, allow retry
             log.error("analysis of study %s crashed:\n%s", study.id, traceback.format_exc())
-            self._fail(study.id, f"internal error: {type(exc).__name__}: {exc}")
+            self._crashed(study.id, f"internal error: {type(exc).__name__}: {exc}")
             return
         report["completeness"] = {"complete": not reasons, "reasons": reasons}
         if reasons and report.get("identification"):
@@ -219,11 +226,21 @@ class Worker:
         log.warning("study %s failed: %s", study_id, reason)
         self._end_without_result(study_id, FAILED, reason)
 
+    def _crashed(self, study_id: int, reason: str) -> None:
+        """The analysis raised an unexpected error (a bug, memory, disk): failed with the reason, retried by hand."""
+        self._fail(study_id, reason)
+
+    def _owned(self, session: Session, study_id: int) -> Study | None:
+        """The row to record the outcome of the analysis of study ``study_id`` on (None: discard the outcome)."""
+        return session.get(Study, study_id)
+
     def _end_without_result(self, study_id: int, status: str, reason: str) -> None:
         """Record an analysis that gave no result (``status`` failed or incomplete, with the reason); a study that
         received new instances while it ran is receiving again instead, so that it is analysed again."""
         with self.sessions.begin() as session:
-            study = session.get(Study, study_id)
+            study = self._owned(session, study_id)
+            if study is None:
+                return
             study.status = RECEIVING if grew_while_running(study) else status
             study.error, study.progress, study.finished_at = reason, "", utcnow()
 
@@ -233,7 +250,9 @@ class Worker:
         severity = report.get("severity") or {}
         identification = report.get("identification") or {}
         with self.sessions.begin() as session:
-            study = session.get(Study, claimed.id)
+            study = self._owned(session, claimed.id)
+            if study is None:
+                return
             grew = grew_while_running(study)
             analysis = Analysis(
                 study_id=study.id,
@@ -242,6 +261,8 @@ class Worker:
                 reason=reason,
                 result_dir=str(outdir),
                 n_instances=claimed.n_instances,
+                series_uid=str((report.get("study") or {}).get("series_instance_uid") or "")[:128],
+                model_version=model_version(report),
             )
             session.add(analysis)
             session.flush()

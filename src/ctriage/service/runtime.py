@@ -13,6 +13,8 @@ from ctriage.service import pacs
 from ctriage.service.config import ServiceConfig
 from ctriage.service.db import open_db, recover_interrupted
 from ctriage.service.jobs import Analyze, Worker, default_analyze
+from ctriage.service.metrics import timed
+from ctriage.service.queue import TASK, Dispatcher, celery_app
 from ctriage.service.retention import RETENTION_CHECK_S, purge_expired
 from ctriage.service.scp import start_listener
 from ctriage.service.store import StudyStore
@@ -29,6 +31,7 @@ class Service:
     store: StudyStore
     worker: Worker
     listener: ThreadedAssociationServer | None = None
+    dispatcher: Dispatcher | None = None  # distributed mode: hands queued studies to the broker
     _stop: threading.Event = field(default_factory=threading.Event)
     _puller: threading.Thread | None = None
     _retention: threading.Thread | None = None
@@ -39,19 +42,24 @@ class Service:
         config.studies_dir.mkdir(parents=True, exist_ok=True)
         config.results_dir.mkdir(parents=True, exist_ok=True)
         sessions = open_db(config.db_url)
-        return cls(
-            config, sessions, StudyStore(config.studies_dir, sessions), Worker(config, sessions, analyze)
-        )
+        store = StudyStore(config.studies_dir, sessions, config.site_of)
+        service = cls(config, sessions, store, Worker(config, sessions, timed(analyze)))
+        if config.distributed:
+            app = celery_app(config)
+            service.dispatcher = Dispatcher(config, sessions, lambda study_id: app.send_task(TASK, args=[study_id]))
+        return service
 
     def start(self, listen: bool = True, work: bool = True, periodic_pull: bool = True) -> None:
-        """Requeue interrupted jobs, then start the listener, the workers and the periodic pull (if set)."""
-        requeued = recover_interrupted(self.sessions)
+        """Requeue interrupted jobs, then start the listener, the workers (distributed mode: the dispatcher) and
+        the periodic pull (if set). In distributed mode other front ends' workers are running: lost analyses are
+        found by their lease instead."""
+        requeued = 0 if self.dispatcher else recover_interrupted(self.sessions)
         if requeued:
             log.info("requeued %d job(s) interrupted by the last shutdown", requeued)
         if listen:
             self.listener = start_listener(self.config, self.store)
         if work:
-            self.worker.start()
+            (self.dispatcher or self.worker).start()
         if work and self.config.retention_days > 0:
             self._retention = threading.Thread(target=self._retention_loop, name="ctriage-retention", daemon=True)
             self._retention.start()
@@ -65,7 +73,7 @@ class Service:
         if self.listener is not None:
             self.listener.shutdown()
             self.listener = None
-        self.worker.stop()
+        (self.dispatcher or self.worker).stop()
         for thread in (self._puller, self._retention):
             if thread is not None:
                 thread.join(timeout=30)

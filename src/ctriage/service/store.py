@@ -11,11 +11,13 @@ import os
 import re
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 import pydicom
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ctriage.service.db import FINISHED, QUEUED, RECEIVING, Study, utcnow
@@ -30,23 +32,34 @@ def safe_name(uid: str) -> str:
     return uid if _UID.match(uid) else "x" + hashlib.sha1(uid.encode()).hexdigest()
 
 
-def write_durably(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, fsync'ed and renamed into place."""
+def write_durably(path: Path, data: bytes) -> bool:
+    """Write ``data`` to ``path`` through a temporary file, fsync'ed and moved into place; returns whether the file
+    is new. Linking the temporary file into place fails if ``path`` exists, so of two processes storing the same
+    instance at once (two front ends, one shared folder) exactly one sees it as new."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
     with open(tmp, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        os.replace(tmp, path)
+        return False
+    os.unlink(tmp)
+    return True
 
 
 class StudyStore:
     """Files of received studies under ``studies_dir`` and their rows in the job database."""
 
-    def __init__(self, studies_dir: Path, sessions: sessionmaker[Session]) -> None:
+    def __init__(
+        self, studies_dir: Path, sessions: sessionmaker[Session], site_of: Callable[[str], str] = str
+    ) -> None:
         self.studies_dir = Path(studies_dir)
         self.sessions = sessions
+        self.site_of = site_of  # calling AE title -> site of the studies it sends
         self._lock = threading.Lock()  # two associations may start the same new study at once
 
     def add_instance(self, data: bytes, header: pydicom.Dataset, calling_ae: str, source: str) -> Path:
@@ -60,9 +73,11 @@ class StudyStore:
             / safe_name(str(header.get("SeriesInstanceUID", "") or "unknown"))
             / (safe_name(str(header.get("SOPInstanceUID", "") or uuid.uuid4().hex)) + ".dcm")
         )
-        is_new = not path.exists()
-        write_durably(path, data)
-        self._record(study_uid, folder, header, calling_ae, source, is_new)
+        is_new = write_durably(path, data)
+        try:
+            self._record(study_uid, folder, header, calling_ae, source, is_new)
+        except IntegrityError:  # another front end created the study's row at the same moment: update that one
+            self._record(study_uid, folder, header, calling_ae, source, is_new)
         return path
 
     def _record(
@@ -74,15 +89,17 @@ class StudyStore:
         source: str,
         is_new: bool,
     ) -> None:
-        """Create or update the study row for a stored instance; new CT instances restart the quiet period."""
+        """Create or update the study row for a stored instance; new CT instances restart the quiet period. The row
+        is locked (PostgreSQL) so that front ends storing instances of one study at once count all of them."""
         with self._lock, self.sessions.begin() as session:
-            study = session.scalars(select(Study).where(Study.study_uid == study_uid)).first()
+            study = session.scalars(select(Study).where(Study.study_uid == study_uid).with_for_update()).first()
             created = study is None
             if study is None:
                 study = Study(
                     study_uid=study_uid,
                     source=source,
                     calling_ae=calling_ae,
+                    site=self.site_of(calling_ae),
                     path=str(folder),
                     **header_fields(header),
                 )
@@ -96,7 +113,7 @@ class StudyStore:
             if study.status in (*FINISHED, QUEUED):
                 study.status = RECEIVING
 
-    def add_nifti(self, data: bytes, filename: str) -> Study:
+    def add_nifti(self, data: bytes, filename: str, calling_ae: str = "HTTP") -> Study:
         """Store an uploaded NIfTI file as its own study, queued at once."""
         key = uuid.uuid4().hex
         suffix = ".nii.gz" if filename.lower().endswith(".nii.gz") else ".nii"
@@ -106,6 +123,8 @@ class StudyStore:
             study = Study(
                 study_uid=f"upload-{key}",
                 source="upload",
+                calling_ae=calling_ae,
+                site=self.site_of(calling_ae),
                 path=str(path),
                 status=QUEUED,
                 study_description=Path(filename).name,

@@ -1,0 +1,233 @@
+"""Distributed mode against a real Redis broker and a real PostgreSQL: `ctriage worker` processes, kill -9 of a
+worker mid-study, two front ends receiving the same study, retries and the dead letter.
+
+The servers are started in temporary folders (``ctriage.testing.servers``); the tests skip, saying why, only when
+redis-server or PostgreSQL is not installed (CI installs both).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from itertools import count
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import create_engine, select, text, update
+from sqlalchemy.exc import ProgrammingError
+
+from ctriage.io.nifti import save_nifti
+from ctriage.service.audit import record
+from ctriage.service.config import ServiceConfig
+from ctriage.service.db import DEAD_LETTER, DONE, QUEUED, RUNNING, Analysis, Study, as_utc, open_db, utcnow
+from ctriage.service.queue import Dispatcher, DistributedWorker, claim_study
+from ctriage.service.runtime import Service
+from ctriage.testing.phantom import chest_phantom
+from ctriage.testing.servers import ServerUnavailableError, postgres_server, redis_server
+from tests.service.conftest import store_series
+
+pytestmark = pytest.mark.integration
+WAIT_S = 240.0  # for all studies of a test to be analysed on a busy 2-core machine
+_databases = count()
+
+
+@pytest.fixture(scope="module")
+def broker_url() -> Iterator[str]:
+    try:
+        with redis_server() as url:
+            yield url
+    except ServerUnavailableError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    try:
+        with postgres_server() as url:
+            yield url
+    except ServerUnavailableError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def database_url(postgres_url: str) -> str:
+    """A new, empty database on the test server for one test."""
+    name = f"ctriage_test_{next(_databases)}"
+    engine = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return postgres_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture
+def distributed(config: ServiceConfig, broker_url: str, database_url: str) -> ServiceConfig:
+    """Settings of a front end / worker: the test broker and database, a short lease (a killed worker's study is
+    queued again 3 s after its last heartbeat), no back-off."""
+    return replace(
+        config, broker_url=broker_url, database_url=database_url, lease_s=3.0, retry_backoff_s=0.0, workers=1
+    )
+
+
+@pytest.fixture(scope="module")
+def phantom_nifti(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A small chest phantom (32 x 96 x 96 voxels) as NIfTI bytes: analysed in about a second."""
+    phantom = chest_phantom(shape=(32, 96, 96))
+    path = tmp_path_factory.mktemp("phantom") / "phantom.nii.gz"
+    return save_nifti(phantom.volume.hu.astype(np.int16), phantom.volume.affine, path).read_bytes()
+
+
+def start_worker(config: ServiceConfig, log: Path) -> subprocess.Popen:
+    """A `ctriage worker` process (its own process group, so that kill -9 of the group is a power cut)."""
+    env = {
+        **os.environ,
+        "CTRIAGE_BROKER_URL": config.broker_url,
+        "CTRIAGE_DATABASE_URL": config.database_url,
+        "CTRIAGE_DATA_DIR": str(config.data_dir),
+        "CTRIAGE_LEASE_S": str(config.lease_s),
+        "CTRIAGE_RETRY_BACKOFF_S": "0",
+        "CTRIAGE_WORKERS": "1",
+    }
+    command = [str(Path(sys.executable).parent / "ctriage"), "worker"]
+    return subprocess.Popen(command, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def wait_for(condition: Callable[[], bool], what: str, logs: list[Path], timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            tails = "\n".join(log.read_text()[-3000:] for log in logs if log.exists())
+            raise AssertionError(f"timed out waiting for {what}; worker logs:\n{tails}")
+        time.sleep(0.1)
+
+
+def studies(sessions) -> list[Study]:
+    with sessions() as session:
+        return list(session.scalars(select(Study).order_by(Study.id)))
+
+
+def analyses(sessions) -> list[Analysis]:
+    with sessions() as session:
+        return list(session.scalars(select(Analysis)))
+
+
+def test_worker_pool_survives_kill_9_mid_study(distributed: ServiceConfig, phantom_nifti: bytes, tmp_path: Path):
+    front = Service.create(distributed)
+    ids = [front.store.add_nifti(phantom_nifti, f"phantom{i}.nii.gz", calling_ae=f"SITE{i % 2}").id for i in range(5)]
+    front.start(listen=False, periodic_pull=False)
+    logs = [tmp_path / f"worker{i}.log" for i in range(3)]
+    workers = [start_worker(distributed, log) for log in logs[:2]]
+    try:
+        victim = workers[0]
+        held = f":{victim.pid}"
+        wait_for(lambda: any(s.status == RUNNING and s.worker.endswith(held) for s in studies(front.sessions)),
+                 "worker 0 to start an analysis", logs)
+        (killed,) = [s.id for s in studies(front.sessions) if s.status == RUNNING and s.worker.endswith(held)]
+        os.killpg(victim.pid, signal.SIGKILL)  # a power cut mid-study: no clean-up, no acknowledgement
+        victim.wait()
+        workers.append(start_worker(distributed, logs[2]))  # a replacement joins the pool
+        wait_for(lambda: all(s.status == DONE for s in studies(front.sessions)), "all studies analysed", logs)
+    finally:
+        for process in workers:
+            stop(process)
+        front.stop()
+    done = {s.id: s for s in studies(front.sessions)}
+    stored = analyses(front.sessions)
+    assert sorted(a.study_id for a in stored) == ids  # every study stored exactly once, none lost
+    assert done[killed].attempts == 2 and not done[killed].worker.endswith(held)
+    assert {a.attempt for a in stored if a.study_id == killed} == {2}
+    assert all(a.model_version.startswith("ctriage ") for a in stored)
+    assert {s.site for s in done.values()} == {"SITE0", "SITE1"}
+
+
+def test_two_front_ends_receiving_one_study_analyse_it_once(distributed: ServiceConfig, ct_series: Path, tmp_path):
+    settings = replace(distributed, quiet_period_s=1.0, poll_interval_s=0.05)
+    fronts = [Service.create(settings), Service.create(settings)]  # one database, one shared data folder
+    sent: list[int] = []
+    for front in fronts:
+        send = front.dispatcher.send
+        front.dispatcher.send = lambda study_id, send=send: (sent.append(study_id), send(study_id))
+        front.start(listen=False, periodic_pull=False)
+    log = tmp_path / "worker.log"
+    worker = start_worker(settings, log)
+    try:
+        receivers = [threading.Thread(target=store_series, args=(front.store, ct_series)) for front in fronts]
+        for thread in receivers:
+            thread.start()
+        for thread in receivers:
+            thread.join()
+        wait_for(lambda: [s.status for s in studies(fronts[0].sessions)] == [DONE], "the study analysed", [log])
+        time.sleep(1.0)  # a second dispatch, if there were one, would have been sent by now
+    finally:
+        stop(worker)
+        for front in fronts:
+            front.stop()
+    (study,) = studies(fronts[0].sessions)
+    assert study.n_instances == len(list(ct_series.iterdir()))  # each instance counted once across both
+    assert len(sent) == 1 and study.attempts == 1
+    assert len(analyses(fronts[0].sessions)) == 1
+
+
+def test_crashing_study_is_retried_then_dead_lettered(distributed: ServiceConfig, phantom_nifti: bytes):
+    settings = replace(distributed, max_attempts=2, retry_backoff_s=60.0)
+    front = Service.create(settings)
+    study_id = front.store.add_nifti(phantom_nifti, "phantom.nii.gz").id
+    dispatcher = Dispatcher(settings, front.sessions, lambda _: None)
+
+    def crash(path, progress=None):
+        raise MemoryError("out of memory")
+
+    worker = DistributedWorker(settings, front.sessions, crash)
+    assert dispatcher.run_once() == 1 and worker.handle(study_id) == "analysed"
+    (study,) = studies(front.sessions)
+    assert study.status == QUEUED and "attempt 1 of 2 failed" in study.error and "MemoryError" in study.error
+    assert 59 < (as_utc(study.dispatch_after) - utcnow()).total_seconds() <= 60
+    assert dispatcher.run_once() == 0  # backing off
+    with front.sessions.begin() as session:
+        session.execute(update(Study).values(dispatch_after=utcnow()))  # a minute later
+    assert dispatcher.run_once() == 1 and worker.handle(study_id) == "analysed"
+    (study,) = studies(front.sessions)
+    assert study.status == DEAD_LETTER and "each of 2 attempts" in study.error and "out of memory" in study.error
+    assert dispatcher.run_once() == 0 and analyses(front.sessions) == []
+
+
+def test_outcome_of_a_worker_that_lost_its_lease_is_discarded(distributed: ServiceConfig, phantom_nifti: bytes):
+    front = Service.create(distributed)
+    study_id = front.store.add_nifti(phantom_nifti, "phantom.nii.gz").id
+    slow, fast = DistributedWorker(distributed, front.sessions), DistributedWorker(distributed, front.sessions)
+    slow.name, fast.name = "host-a:1", "host-b:2"
+    claimed = claim_study(front.sessions, study_id, slow.name, lease_s=-1.0)  # its lease has run out already
+    assert Dispatcher(distributed, front.sessions, lambda _: None).requeue_lost() == 1
+    assert fast.handle(study_id) == "analysed"
+    slow._finish(claimed, {"study": {}}, Path(claimed.path).parent, "", "")  # the first worker wakes up late
+    (study,) = studies(front.sessions)
+    assert (study.status, study.worker, study.attempts) == (DONE, "host-b:2", 2)
+    assert [a.attempt for a in analyses(front.sessions)] == [2]
+
+
+def test_migrations_run_once_for_concurrent_starts_and_keep_the_audit_append_only(database_url: str):
+    opened = []
+    threads = [threading.Thread(target=lambda: opened.append(open_db(database_url))) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(opened) == 3  # no start failed on a half-made schema
+    record(opened[0], "login", user="someone")
+    with opened[0]() as session:
+        assert session.scalar(text("SELECT version_num FROM alembic_version")) == "0001"
+        with pytest.raises(ProgrammingError, match="append-only"):
+            session.execute(text("DELETE FROM audit_events"))
