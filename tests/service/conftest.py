@@ -122,13 +122,14 @@ def audit_lines(sessions, at_least: int, timeout_s: float = 30.0) -> list[tuple[
 PASSWORD = "correct horse battery"  # test users' password
 
 
-def logged_in(app, sessions, username: str, role: str):
-    """A TestClient over HTTPS (the session cookie is Secure) logged in as a new user, sending its CSRF token."""
+def logged_in(app, sessions, username: str, role: str, sites: str | None = None):
+    """A TestClient over HTTPS (the session cookie is Secure) logged in as a new user (seeing ``sites`` only, if
+    given), sending its CSRF token."""
     from fastapi.testclient import TestClient
 
     from ctriage.service.auth import add_user
 
-    add_user(sessions, username, PASSWORD, role)
+    add_user(sessions, username, PASSWORD, role, sites)
     client = TestClient(app, base_url="https://testserver")
     assert client.post("/api/login", json={"username": username, "password": PASSWORD}).status_code == 200
     client.headers["X-CSRF-Token"] = client.get("/api/me").json()["csrf_token"]

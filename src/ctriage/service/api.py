@@ -6,6 +6,7 @@ import gzip
 import hmac
 import io
 import json
+import os
 import re
 import time
 from functools import lru_cache
@@ -20,16 +21,20 @@ from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, Uploa
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
 from pydicom.errors import InvalidDicomError
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import selectinload
 
 from ctriage import triage
 from ctriage.models.registry import find_model_files
 from ctriage.service import audit, auth
 from ctriage.service.db import DONE, INCOMPLETE, STATUSES, Review, Study, as_utc, requeue
+from ctriage.service.metrics import QueueCollector
 from ctriage.service.pacs import DicomNetworkError
+from ctriage.service.queue import celery_app
 from ctriage.service.render import WINDOWS_HU, slice_png
 from ctriage.service.retention import delete_study
 from ctriage.service.runtime import Service
@@ -39,7 +44,9 @@ WEB_DIR = Path(__file__).parent / "web"
 _SAFE_FILE = re.compile(r"^[\w.-]+\.(png|json|nii\.gz|dcm)$")
 
 
-PUBLIC_PATHS = frozenset({"/login.html", "/login.js", "/common.js", "/style.css", "/api/login", "/api/health"})
+PUBLIC_PATHS = frozenset(
+    {"/login.html", "/login.js", "/common.js", "/style.css", "/api/login", "/api/health", "/api/ready", "/metrics"}
+)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 VIEW_AUDIT_INTERVAL_S = 600.0  # views of one study by one user closer together than this are one audit line
 
@@ -113,6 +120,27 @@ def _ranked(studies: list[Study], policy: str) -> list[Study]:
     return sorted(studies, key=key)
 
 
+def readiness(service: Service) -> dict[str, str]:
+    """"ok" or the problem, for the database, the data folder and (distributed mode) the broker."""
+    checks: dict[str, str] = {}
+    try:
+        with service.sessions() as session:
+            session.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except SQLAlchemyError as exc:
+        checks["database"] = f"unavailable: {type(exc).__name__}"
+    writable = service.config.studies_dir.is_dir() and os.access(service.config.studies_dir, os.W_OK)
+    checks["data_dir"] = "ok" if writable else f"{service.config.studies_dir} is not a writable folder"
+    if service.config.distributed:
+        try:
+            with celery_app(service.config).connection_for_write() as connection:
+                connection.ensure_connection(max_retries=1, timeout=2)
+            checks["broker"] = "ok"
+        except Exception as exc:  # kombu raises the transport's own errors
+            checks["broker"] = f"unavailable: {type(exc).__name__}"
+    return checks
+
+
 def create_app(service: Service) -> FastAPI:
     """The FastAPI application over a (started or not) :class:`Service`."""
     app = FastAPI(title="ctriage", version="1")
@@ -178,12 +206,13 @@ def create_app(service: Service) -> FastAPI:
         audit_event(request, "logout")
         return {"username": user.username}
 
-    def load(study_id: int) -> Study:
+    def load(study_id: int, user: auth.SignedIn | None = None) -> Study:
+        """The study with its reviews and analyses; 404 if there is none or ``user`` may not see its site."""
         with sessions() as session:
             study = session.get(
                 Study, study_id, options=[selectinload(Study.reviews), selectinload(Study.analyses)]
             )
-        if study is None:
+        if study is None or (user is not None and not user.may_see(study.site)):
             raise HTTPException(404, f"no study {study_id}")
         return study
 
@@ -191,6 +220,23 @@ def create_app(service: Service) -> FastAPI:
     def health() -> dict[str, str]:
         """Liveness (no login needed, nothing else said)."""
         return {"status": "ok"}
+
+    @app.get("/api/ready")
+    def ready() -> JSONResponse:
+        """Readiness for a load balancer (no login needed): the database answers, the data folder is writable and,
+        in distributed mode, the broker answers; 503 with the failed checks otherwise."""
+        checks = readiness(service)
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, 200 if ok else 503)
+
+    metrics_registry = CollectorRegistry()
+    metrics_registry.register(QueueCollector(sessions))
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        """Prometheus metrics (no login needed): this process's analyses and the job database's queue figures."""
+        body = generate_latest(REGISTRY) + generate_latest(metrics_registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/me")
     def me(user: UserDep) -> dict[str, Any]:
@@ -205,19 +251,23 @@ def create_app(service: Service) -> FastAPI:
             "policies": list(triage.POLICIES),
             "windows": list(WINDOWS_HU),
             "destination": str(config.destination) if config.destination else None,
+            "sites": list(user.sites),
             "identification": identification_card(),
         }
 
     @app.get("/api/studies")
     def list_studies(
+        user: UserDep,
         status: Annotated[list[str] | None, Query()] = None,
+        site: Annotated[list[str] | None, Query()] = None,
         policy: str | None = None,
         positive: bool | None = None,
         min_category: Annotated[int | None, Query(ge=0, le=4)] = None,
         q: str | None = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     ) -> list[dict[str, Any]]:
-        """The worklist: filtered, ordered by the site's triage policy (or ``policy``), first ``limit`` rows."""
+        """The worklist: filtered (``site``: of these sites; a radiologist limited to some sites sees only theirs),
+        ordered by the triage policy (or ``policy``), first ``limit`` rows."""
         policy = policy or service.config.triage_policy
         if policy not in triage.POLICIES:
             raise HTTPException(422, f"unknown policy {policy!r}; one of {', '.join(triage.POLICIES)}")
@@ -227,6 +277,10 @@ def create_app(service: Service) -> FastAPI:
             if bad:
                 raise HTTPException(422, f"unknown status {', '.join(sorted(bad))}")
             query = query.where(Study.status.in_(status))
+        if site:
+            query = query.where(Study.site.in_(site))
+        if not user.all_sites:
+            query = query.where(Study.site.in_(user.sites))
         if min_category is not None:
             query = query.where(Study.ct_category >= min_category)
         if q:
@@ -252,7 +306,7 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/api/studies/{study_id}")
     def get_study(study_id: int, request: Request) -> dict[str, Any]:
         """One study: worklist row, full report, all reviews and what the viewer needs (audited as a view)."""
-        study = load(study_id)
+        study = load(study_id, user_of(request))
         viewer = (user_of(request).username, study_id)
         if time.monotonic() - recent_views.get(viewer, -VIEW_AUDIT_INTERVAL_S) >= VIEW_AUDIT_INTERVAL_S:
             recent_views[viewer] = time.monotonic()  # the page polls while a study is analysed: one line per visit
@@ -277,10 +331,10 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/api/studies/{study_id}/slices/{index}.png")
     def get_slice(
-        study_id: int, index: int, window: str = "lung", overlay: bool = True, lungs: bool = False
+        study_id: int, index: int, user: UserDep, window: str = "lung", overlay: bool = True, lungs: bool = False
     ) -> Response:
         """One axial slice (canonical z index, head to feet) as PNG, with the lesion overlay on or off."""
-        study = load(study_id)
+        study = load(study_id, user)
         if window not in WINDOWS_HU:
             raise HTTPException(422, f"unknown window {window!r}; one of {', '.join(WINDOWS_HU)}")
         viewer = open_viewer(study.result_dir) if study.result_dir else None
@@ -293,18 +347,18 @@ def create_app(service: Service) -> FastAPI:
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/api/studies/{study_id}/files/{name}")
-    def get_file(study_id: int, name: str) -> FileResponse:
+    def get_file(study_id: int, name: str, user: UserDep) -> FileResponse:
         """A result file (projection.png, report.json, masks, DICOM outputs) by name."""
-        study = load(study_id)
+        study = load(study_id, user)
         path = Path(study.result_dir) / name if study.result_dir else None
         if not _SAFE_FILE.match(name) or path is None or not path.is_file():
             raise HTTPException(404, f"no file {name!r} for study {study_id}")
         return FileResponse(path)
 
     @app.get("/api/studies/{study_id}/volume.nii.gz")
-    def get_volume(study_id: int) -> Response:
+    def get_volume(study_id: int, user: UserDep) -> Response:
         """The study's CT (HU) as gzipped NIfTI on the grid of its lesions.nii.gz, for the MPR (NiiVue) viewer."""
-        study = load(study_id)
+        study = load(study_id, user)
         folder = Path(study.result_dir) if study.result_dir else None
         viewer = open_viewer(study.result_dir) if study.result_dir else None
         if viewer is None or folder is None or not (folder / "lesions.nii.gz").is_file():
@@ -346,7 +400,7 @@ def create_app(service: Service) -> FastAPI:
     @app.post("/api/studies/{study_id}/review")
     def review(study_id: int, body: ReviewIn, request: Request, user: UserDep) -> dict[str, Any]:
         """Confirm or reject a result with a comment, as the logged-in user."""
-        study = load(study_id)
+        study = load(study_id, user)
         if study.status != DONE:
             raise HTTPException(409, "only analysed, complete studies can be reviewed")
         with sessions.begin() as session:

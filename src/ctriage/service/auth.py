@@ -4,7 +4,8 @@ Local users with Argon2id password hashes (argon2-cffi) in the database; a login
 random token travels in a Secure, HttpOnly, SameSite=Strict cookie (only its SHA-256 is stored), with its own CSRF
 token that every write must send back in the ``X-CSRF-Token`` header. Two roles: ``radiologist`` (worklist,
 viewer, review) and ``admin`` (also retry, send, delete, upload, pull, audit trail). The first admin is created
-with ``ctriage users add NAME --role admin``; there is no default user or password.
+with ``ctriage users add NAME --role admin``; there is no default user or password. A radiologist may be limited to
+the studies of some sites (hospitals, ``--sites``); without sites, and as an admin, one sees every site.
 """
 
 from __future__ import annotations
@@ -41,11 +42,26 @@ class SignedIn:
     username: str
     role: str
     csrf_token: str
+    sites: tuple[str, ...] = ()  # the sites whose studies a radiologist sees; (): all
 
     @property
     def is_admin(self) -> bool:
         """Whether the user may retry, send, delete, upload, pull and read the audit trail."""
         return self.role == ADMIN
+
+    @property
+    def all_sites(self) -> bool:
+        """Whether the user sees the studies of every site."""
+        return self.is_admin or not self.sites
+
+    def may_see(self, site: str) -> bool:
+        """Whether the user sees studies of ``site``."""
+        return self.all_sites or site in self.sites
+
+
+def site_list(sites: str | None) -> tuple[str, ...]:
+    """Comma-separated site names as a tuple (blanks dropped); None stays ()."""
+    return tuple(s.strip() for s in (sites or "").split(",") if s.strip())
 
 
 def _check(username: str, password: str | None, role: str | None) -> None:
@@ -57,13 +73,17 @@ def _check(username: str, password: str | None, role: str | None) -> None:
         raise AuthError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
 
 
-def add_user(sessions: sessionmaker[Session], username: str, password: str, role: str) -> None:
-    """Create a user; AuthError when the name is taken or the name, password or role is not acceptable."""
+def add_user(
+    sessions: sessionmaker[Session], username: str, password: str, role: str, sites: str | None = None
+) -> None:
+    """Create a user (``sites``: comma-separated sites a radiologist sees, "" all); AuthError when the name is taken
+    or the name, password or role is not acceptable."""
     _check(username, password, role)
     with sessions.begin() as session:
         if session.scalars(select(User).where(User.username == username)).first() is not None:
             raise AuthError(f"user {username!r} exists already")
-        session.add(User(username=username, password_hash=_HASHER.hash(password), role=role))
+        hashed = _HASHER.hash(password)
+        session.add(User(username=username, password_hash=hashed, role=role, sites=",".join(site_list(sites))))
 
 
 def change_user(
@@ -72,8 +92,9 @@ def change_user(
     password: str | None = None,
     role: str | None = None,
     active: bool | None = None,
+    sites: str | None = None,
 ) -> None:
-    """Set a user's password, role or active flag; a change ends the user's open sessions."""
+    """Set a user's password, role, active flag or sites ("": all); a change ends the user's open sessions."""
     _check(username, password, role)
     with sessions.begin() as session:
         user = session.scalars(select(User).where(User.username == username)).first()
@@ -85,13 +106,16 @@ def change_user(
             user.role = role
         if active is not None:
             user.active = active
+        if sites is not None:
+            user.sites = ",".join(site_list(sites))
         session.execute(delete(LoginSession).where(LoginSession.user_id == user.id))
 
 
-def list_users(sessions: sessionmaker[Session]) -> list[tuple[str, str, bool]]:
-    """(user name, role, active) of every user, by name."""
+def list_users(sessions: sessionmaker[Session]) -> list[tuple[str, str, bool, str]]:
+    """(user name, role, active, comma-separated sites or "") of every user, by name."""
     with sessions() as session:
-        return [(u.username, u.role, u.active) for u in session.scalars(select(User).order_by(User.username))]
+        users = session.scalars(select(User).order_by(User.username))
+        return [(u.username, u.role, u.active, u.sites or "") for u in users]
 
 
 def _digest(token: str) -> str:
@@ -136,7 +160,8 @@ def signed_in(sessions: sessionmaker[Session], token: str | None) -> SignedIn | 
         ).first()
     if found is None or as_utc(found[0].expires_at) <= utcnow():
         return None
-    return SignedIn(found[1].username, found[1].role, found[0].csrf_token)
+    user = found[1]
+    return SignedIn(user.username, user.role, found[0].csrf_token, site_list(user.sites))
 
 
 def log_out(sessions: sessionmaker[Session], token: str | None) -> None:

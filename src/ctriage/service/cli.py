@@ -175,6 +175,9 @@ def worker(
     run_worker(settings)
 
 
+SitesOpt = Annotated[
+    str | None, typer.Option(help="Comma-separated sites whose studies a radiologist sees (\"\": all sites).")
+]
 PasswordStdinOpt = Annotated[
     bool, typer.Option("--password-stdin", help="Read the password from the first line of standard input.")
 ]
@@ -218,12 +221,14 @@ def _user_change(action: str, config: Path | None, data_dir: Path | None, userna
 def users_add(
     username: str,
     role: Annotated[str, typer.Option(help="radiologist (review) or admin (also retry, send, delete, audit).")],
+    sites: SitesOpt = None,
     password_stdin: PasswordStdinOpt = False,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Create a user (the first admin too: there is no default account); asks for the password."""
-    _user_change("user-added", config, data_dir, username, password=_password(password_stdin), role=role)
+    password = _password(password_stdin)
+    _user_change("user-added", config, data_dir, username, password=password, role=role, sites=sites or None)
 
 
 @users_app.command("set")
@@ -233,12 +238,14 @@ def users_set(
     password_stdin: PasswordStdinOpt = False,
     role: Annotated[str | None, typer.Option(help="New role.")] = None,
     active: Annotated[bool | None, typer.Option("--enable/--disable", help="Allow or refuse logins.")] = None,
+    sites: SitesOpt = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Change a user's password, role or whether they may log in; their open sessions end."""
+    """Change a user's password, role, sites or whether they may log in; their open sessions end."""
     new_password = _password(password_stdin) if password or password_stdin else None
-    _user_change("user-changed", config, data_dir, username, password=new_password, role=role, active=active)
+    change = {"password": new_password, "role": role, "active": active, "sites": sites}
+    _user_change("user-changed", config, data_dir, username, **change)
 
 
 @users_app.command("list")
@@ -246,5 +253,5 @@ def users_list(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     """Print the users: name, role, active or disabled."""
     from ctriage.service.auth import list_users
 
-    for name, role, active in list_users(_user_db(config, data_dir)):
-        typer.echo(f"{name}\t{role}\t{'active' if active else 'disabled'}")
+    for name, role, active, sites in list_users(_user_db(config, data_dir)):
+        typer.echo(f"{name}\t{role}\t{'active' if active else 'disabled'}" + (f"\tsites {sites}" if sites else ""))

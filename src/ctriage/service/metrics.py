@@ -14,6 +14,7 @@ from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ctriage.io.errors import IncompleteSeriesError, InputError
@@ -64,12 +65,15 @@ class QueueCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """The gauges (no sample when the database cannot be read: the scrape still answers)."""
         now = utcnow()
-        with self.sessions() as session:
-            counts = dict(session.execute(select(Study.status, func.count()).group_by(Study.status)).all())
-            oldest = session.scalar(select(func.min(Study.received_at)).where(Study.status == QUEUED))
-            finished = session.scalar(
-                select(func.count()).where(Study.finished_at >= now - timedelta(minutes=1))
-            )
+        try:
+            with self.sessions() as session:
+                counts = dict(session.execute(select(Study.status, func.count()).group_by(Study.status)).all())
+                oldest = session.scalar(select(func.min(Study.received_at)).where(Study.status == QUEUED))
+                finished = session.scalar(
+                    select(func.count()).where(Study.finished_at >= now - timedelta(minutes=1))
+                )
+        except SQLAlchemyError:  # /api/ready says so; the process's own metrics are still worth scraping
+            return
         by_status = GaugeMetricFamily("ctriage_studies", "Studies by job state", labels=["status"])
         for status in STATUSES:
             by_status.add_metric([status], counts.get(status, 0))
