@@ -7,29 +7,25 @@ redis-server or PostgreSQL is not installed (CI installs both).
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from itertools import count
 from pathlib import Path
 
-import numpy as np
 import pytest
+import redis
 from sqlalchemy import create_engine, select, text, update
 from sqlalchemy.exc import ProgrammingError
 
-from ctriage.io.nifti import save_nifti
 from ctriage.service.audit import record
 from ctriage.service.config import ServiceConfig
 from ctriage.service.db import DEAD_LETTER, DONE, QUEUED, RUNNING, Analysis, Study, as_utc, open_db, utcnow
 from ctriage.service.queue import Dispatcher, DistributedWorker, claim_study
 from ctriage.service.runtime import Service
-from ctriage.testing.phantom import chest_phantom
+from ctriage.testing.cluster import kill_worker, phantom_nifti, start_worker
 from ctriage.testing.servers import ServerUnavailableError, postgres_server, redis_server
 from tests.service.conftest import store_series
 
@@ -38,22 +34,23 @@ WAIT_S = 240.0  # for all studies of a test to be analysed on a busy 2-core mach
 _databases = count()
 
 
-@pytest.fixture(scope="module")
-def broker_url() -> Iterator[str]:
+def _running(server: Callable[[], AbstractContextManager[str]]) -> Iterator[str]:
+    """The URL of a started ``server``; the test skips, saying what to install, when its binaries are absent."""
     try:
-        with redis_server() as url:
+        with server() as url:
             yield url
     except ServerUnavailableError as exc:
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def broker_url() -> Iterator[str]:
+    yield from _running(redis_server)
 
 
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
-    try:
-        with postgres_server() as url:
-            yield url
-    except ServerUnavailableError as exc:
-        pytest.skip(str(exc))
+    yield from _running(postgres_server)
 
 
 @pytest.fixture
@@ -77,32 +74,8 @@ def distributed(config: ServiceConfig, broker_url: str, database_url: str) -> Se
 
 
 @pytest.fixture(scope="module")
-def phantom_nifti(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    """A small chest phantom (32 x 96 x 96 voxels) as NIfTI bytes: analysed in about a second."""
-    phantom = chest_phantom(shape=(32, 96, 96))
-    path = tmp_path_factory.mktemp("phantom") / "phantom.nii.gz"
-    return save_nifti(phantom.volume.hu.astype(np.int16), phantom.volume.affine, path).read_bytes()
-
-
-def start_worker(config: ServiceConfig, log: Path) -> subprocess.Popen:
-    """A `ctriage worker` process (its own process group, so that kill -9 of the group is a power cut)."""
-    env = {
-        **os.environ,
-        "CTRIAGE_BROKER_URL": config.broker_url,
-        "CTRIAGE_DATABASE_URL": config.database_url,
-        "CTRIAGE_DATA_DIR": str(config.data_dir),
-        "CTRIAGE_LEASE_S": str(config.lease_s),
-        "CTRIAGE_RETRY_BACKOFF_S": "0",
-        "CTRIAGE_WORKERS": "1",
-    }
-    command = [str(Path(sys.executable).parent / "ctriage"), "worker"]
-    return subprocess.Popen(command, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+def phantom() -> bytes:
+    return phantom_nifti()
 
 
 def wait_for(condition: Callable[[], bool], what: str, logs: list[Path], timeout_s: float = WAIT_S) -> None:
@@ -124,9 +97,9 @@ def analyses(sessions) -> list[Analysis]:
         return list(session.scalars(select(Analysis)))
 
 
-def test_worker_pool_survives_kill_9_mid_study(distributed: ServiceConfig, phantom_nifti: bytes, tmp_path: Path):
+def test_worker_pool_survives_kill_9_mid_study(distributed: ServiceConfig, phantom: bytes, tmp_path: Path):
     front = Service.create(distributed)
-    ids = [front.store.add_nifti(phantom_nifti, f"phantom{i}.nii.gz", calling_ae=f"SITE{i % 2}").id for i in range(5)]
+    ids = [front.store.add_nifti(phantom, f"phantom{i}.nii.gz", calling_ae=f"SITE{i % 2}").id for i in range(5)]
     front.start(listen=False, periodic_pull=False)
     logs = [tmp_path / f"worker{i}.log" for i in range(3)]
     workers = [start_worker(distributed, log) for log in logs[:2]]
@@ -136,13 +109,12 @@ def test_worker_pool_survives_kill_9_mid_study(distributed: ServiceConfig, phant
         wait_for(lambda: any(s.status == RUNNING and s.worker.endswith(held) for s in studies(front.sessions)),
                  "worker 0 to start an analysis", logs)
         (killed,) = [s.id for s in studies(front.sessions) if s.status == RUNNING and s.worker.endswith(held)]
-        os.killpg(victim.pid, signal.SIGKILL)  # a power cut mid-study: no clean-up, no acknowledgement
-        victim.wait()
+        kill_worker(victim)  # a power cut mid-study: no clean-up, no acknowledgement
         workers.append(start_worker(distributed, logs[2]))  # a replacement joins the pool
         wait_for(lambda: all(s.status == DONE for s in studies(front.sessions)), "all studies analysed", logs)
     finally:
         for process in workers:
-            stop(process)
+            kill_worker(process)
         front.stop()
     done = {s.id: s for s in studies(front.sessions)}
     stored = analyses(front.sessions)
@@ -172,7 +144,7 @@ def test_two_front_ends_receiving_one_study_analyse_it_once(distributed: Service
         wait_for(lambda: [s.status for s in studies(fronts[0].sessions)] == [DONE], "the study analysed", [log])
         time.sleep(1.0)  # a second dispatch, if there were one, would have been sent by now
     finally:
-        stop(worker)
+        kill_worker(worker)
         for front in fronts:
             front.stop()
     (study,) = studies(fronts[0].sessions)
@@ -181,11 +153,11 @@ def test_two_front_ends_receiving_one_study_analyse_it_once(distributed: Service
     assert len(analyses(fronts[0].sessions)) == 1
 
 
-def test_crashing_study_is_retried_then_dead_lettered(distributed: ServiceConfig, phantom_nifti: bytes):
+def test_crashing_study_is_retried_then_dead_lettered(distributed: ServiceConfig, phantom: bytes):
     settings = replace(distributed, max_attempts=2, retry_backoff_s=60.0)
     front = Service.create(settings)
-    study_id = front.store.add_nifti(phantom_nifti, "phantom.nii.gz").id
-    dispatcher = Dispatcher(settings, front.sessions, lambda _: None)
+    study_id = front.store.add_nifti(phantom, "phantom.nii.gz").id
+    dispatcher = Dispatcher(settings, front.sessions, lambda _: None, lambda: 0)
 
     def crash(path, progress=None):
         raise MemoryError("out of memory")
@@ -204,18 +176,30 @@ def test_crashing_study_is_retried_then_dead_lettered(distributed: ServiceConfig
     assert dispatcher.run_once() == 0 and analyses(front.sessions) == []
 
 
-def test_outcome_of_a_worker_that_lost_its_lease_is_discarded(distributed: ServiceConfig, phantom_nifti: bytes):
+def test_outcome_of_a_worker_that_lost_its_lease_is_discarded(distributed: ServiceConfig, phantom: bytes):
     front = Service.create(distributed)
-    study_id = front.store.add_nifti(phantom_nifti, "phantom.nii.gz").id
+    study_id = front.store.add_nifti(phantom, "phantom.nii.gz").id
     slow, fast = DistributedWorker(distributed, front.sessions), DistributedWorker(distributed, front.sessions)
     slow.name, fast.name = "host-a:1", "host-b:2"
     claimed = claim_study(front.sessions, study_id, slow.name, lease_s=-1.0)  # its lease has run out already
-    assert Dispatcher(distributed, front.sessions, lambda _: None).requeue_lost() == 1
+    assert Dispatcher(distributed, front.sessions, lambda _: None, lambda: 0).requeue_lost() == 1
     assert fast.handle(study_id) == "analysed"
     slow._finish(claimed, {"study": {}}, Path(claimed.path).parent, "", "")  # the first worker wakes up late
     (study,) = studies(front.sessions)
     assert (study.status, study.worker, study.attempts) == (DONE, "host-b:2", 2)
     assert [a.attempt for a in analyses(front.sessions)] == [2]
+
+
+def test_a_message_the_broker_lost_is_sent_again(distributed: ServiceConfig, phantom: bytes, broker_url: str):
+    front = Service.create(distributed)
+    front.store.add_nifti(phantom, "phantom.nii.gz")
+    dispatcher = front.dispatcher
+    assert dispatcher.run_once() == 1 and dispatcher.waiting() == 1
+    assert dispatcher.run_once() == 0  # sent once
+    redis.Redis.from_url(broker_url).flushall()  # the broker restarted without its append-only file
+    assert dispatcher.resend_lost(after_s=60.0) == 0  # too early to tell from a message in a worker's hands
+    assert dispatcher.resend_lost(after_s=0.0) == 1 and dispatcher.run_once() == 1 and dispatcher.waiting() == 1
+    redis.Redis.from_url(broker_url).flushall()
 
 
 def test_migrations_run_once_for_concurrent_starts_and_keep_the_audit_append_only(database_url: str):

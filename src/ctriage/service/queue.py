@@ -4,8 +4,10 @@ number of machines analyse them (docs/deployment.md).
 The database stays the one record of a study's state; the broker only carries "analyse study N" messages:
 
 * a front end's :class:`Dispatcher` queues quiet studies, hands each queued study to the broker once (a row-level
-  claim on ``dispatched_at``, so several front ends never send one study twice), and puts back in the queue the
-  running studies whose worker stopped sending heartbeats (killed, powered off);
+  claim on ``dispatched_at``, so several front ends never send one study twice), puts back in the queue the
+  running studies whose worker stopped sending heartbeats (killed, powered off), and sends again the queued
+  studies whose message the broker lost (its queue is empty while they wait: a broker restarted without its
+  append-only file);
 * a worker takes a message (late acknowledgement: the message is acknowledged only after the analysis, so a
   worker that dies mid-study leaves it to be delivered again), claims the study with an atomic
   ``UPDATE ... WHERE status = 'queued'`` (a duplicate message finds it claimed and is dropped), renews its lease
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 TASK = "ctriage.analyse"
 QUEUE = "ctriage-analysis"
 DISPATCH_BATCH = 500  # studies handed to the broker per dispatcher round at most
+RESEND_AFTER_S = 60.0  # a study queued this long after its message went out, with the broker's queue empty, is resent
 LOST_WORKER = "the worker analysing it stopped (killed, out of memory or powered off)"
 
 
@@ -61,6 +64,12 @@ def celery_app(config: ServiceConfig) -> Celery:
     return app
 
 
+def queue_length(app: Celery) -> int:
+    """Messages waiting in the analysis queue of ``app``'s broker (not counting those being worked on)."""
+    with app.connection_for_read() as connection:
+        return int(connection.default_channel.queue_declare(QUEUE, passive=True).message_count)
+
+
 def worker_name() -> str:
     """This process's name in the ``worker`` column: host name and process id."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -74,10 +83,17 @@ def backoff_s(config: ServiceConfig, attempt: int) -> float:
 class Dispatcher:
     """A front end's loop that moves studies from the database to the broker (see the module's docstring)."""
 
-    def __init__(self, config: ServiceConfig, sessions: sessionmaker[Session], send: Callable[[int], Any]) -> None:
+    def __init__(
+        self,
+        config: ServiceConfig,
+        sessions: sessionmaker[Session],
+        send: Callable[[int], Any],
+        waiting: Callable[[], int],
+    ) -> None:
         self.config = config
         self.sessions = sessions
         self.send = send  # study id -> message on the broker
+        self.waiting = waiting  # -> messages waiting on the broker
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -107,6 +123,7 @@ class Dispatcher:
         were sent."""
         promote_quiet(self.sessions, self.config.quiet_period_s)
         self.requeue_lost()
+        self.resend_lost()
         return self.dispatch_due()
 
     def requeue_lost(self) -> int:
@@ -128,6 +145,19 @@ class Dispatcher:
         count = (dead.rowcount or 0) + (again.rowcount or 0)
         if count:
             log.warning("%d study(ies) of lost workers queued again or dead-lettered", count)
+        return count
+
+    def resend_lost(self, after_s: float = RESEND_AFTER_S) -> int:
+        """Mark for sending again the studies sent over ``after_s`` ago and still queued while the broker holds no
+        message (so theirs was lost); returns how many. A message taken by a worker this very moment may be sent
+        twice: the second finds the study claimed and is dropped."""
+        stale = (Study.status == QUEUED, Study.dispatched_at < utcnow() - timedelta(seconds=after_s))
+        with self.sessions() as session:
+            if session.scalar(select(Study.id).where(*stale).limit(1)) is None or self.waiting() > 0:
+                return 0
+        with self.sessions.begin() as session:
+            count = session.execute(update(Study).where(*stale).values(dispatched_at=None)).rowcount or 0
+        log.warning("%d queued study(ies) had no message on the broker: sending again", count)
         return count
 
     def dispatch_due(self) -> int:

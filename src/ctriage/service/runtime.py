@@ -14,7 +14,7 @@ from ctriage.service.config import ServiceConfig
 from ctriage.service.db import open_db, recover_interrupted
 from ctriage.service.jobs import Analyze, Worker, default_analyze
 from ctriage.service.metrics import timed
-from ctriage.service.queue import TASK, Dispatcher, celery_app
+from ctriage.service.queue import TASK, Dispatcher, celery_app, queue_length
 from ctriage.service.retention import RETENTION_CHECK_S, purge_expired
 from ctriage.service.scp import start_listener
 from ctriage.service.store import StudyStore
@@ -46,7 +46,9 @@ class Service:
         service = cls(config, sessions, store, Worker(config, sessions, timed(analyze)))
         if config.distributed:
             app = celery_app(config)
-            service.dispatcher = Dispatcher(config, sessions, lambda study_id: app.send_task(TASK, args=[study_id]))
+            service.dispatcher = Dispatcher(
+                config, sessions, lambda study_id: app.send_task(TASK, args=[study_id]), lambda: queue_length(app)
+            )
         return service
 
     def start(self, listen: bool = True, work: bool = True, periodic_pull: bool = True) -> None:

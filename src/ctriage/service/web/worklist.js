@@ -13,6 +13,7 @@ function query() {
   if ($("positive").value) params.set("positive", $("positive").value);
   if ($("min-category").value) params.set("min_category", $("min-category").value);
   if ($("search").value.trim()) params.set("q", $("search").value.trim());
+  if ($("site").value.trim()) params.set("site", $("site").value.trim());
   return params.toString();
 }
 
@@ -72,6 +73,7 @@ async function init() {
     th.addEventListener("click", () => { sorting.key = th.dataset.sort; refresh(); });
   }
   $("search").addEventListener("input", refresh);
+  $("site").addEventListener("input", refresh);
   $("upload-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const form = new FormData();
