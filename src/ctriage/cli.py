@@ -30,7 +30,7 @@ app.add_typer(service_app)
 console = Console(stderr=True, soft_wrap=True)
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL_ERROR = 1
-STAGES = ("load", "lungs", "lesions", "identification", "severity", "report")
+REPORT_STAGE = "report"  # shown after the pipeline's stages (``ctriage.pipeline.STAGES``)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -53,8 +53,10 @@ def analyze(
     ] = None,
 ) -> None:
     """Analyse chest CT studies: lungs, lesions, COVID-19 probability, severity; write report.json and pictures."""
-    from ctriage.pipeline import analyze_study
+    from ctriage.pipeline import STAGES, analyze_study
     from ctriage.report import prepare_outdir, write_outputs
+
+    stages = (*STAGES, REPORT_STAGE)
 
     try:
         studies = find_studies(path)
@@ -77,15 +79,15 @@ def analyze(
         transient=False,
     ) as progress:
         for study, target in zip(studies, targets, strict=True):
-            task = progress.add_task(study.label, total=len(STAGES), stage="")
+            task = progress.add_task(study.label, total=len(stages), stage="")
 
             def advance(stage: str, task=task) -> None:
-                progress.update(task, stage=stage, completed=STAGES.index(stage))
+                progress.update(task, stage=stage, completed=stages.index(stage))
 
             try:
                 prepare_outdir(target)  # an earlier report there is removed before the analysis, not after
                 result = analyze_study(study, lesion_mask=lesion_mask, progress=advance)
-                advance("report")
+                advance(REPORT_STAGE)
                 write_outputs(result, target)
             except InputError as exc:
                 failures += 1
@@ -97,7 +99,7 @@ def analyze(
                 progress.update(task, stage="[red]failed")
                 console.print(f"[bold red]internal error:[/] {study.label}: {type(exc).__name__}: {exc}")
                 continue
-            progress.update(task, stage="done", completed=len(STAGES))
+            progress.update(task, stage="done", completed=len(stages))
             severity = result.severity
             summary = f"CT-{severity.ct_category}  worse lung {100 * severity.max_ratio:.1f} %"
             if result.identification is not None:

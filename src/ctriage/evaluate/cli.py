@@ -121,7 +121,7 @@ def slices_command(
     if result.volume.slice_files is None:
         raise typer.BadParameter("slice labels need a single-frame DICOM series (file names per slice)")
     reference = read_slice_labels(labels, result.volume.slice_files, column)
-    agreement = slice_agreement(result.lesion_mask, result.volume.spacing_mm, reference, min_area_mm2)
+    agreement = slice_agreement(result.lesions.mask, result.volume.spacing_mm, reference, min_area_mm2)
     typer.echo(
         f"sensitivity {agreement.sensitivity:.3f} ({agreement.n_positive} labelled slices), "
         f"specificity {agreement.specificity:.3f} ({agreement.n_negative} unlabelled slices)"

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ctriage.evaluate.metrics import dice, sensitivity_specificity
+from ctriage.labels import LesionLabel
 from ctriage.lesions import INFERENCE_BATCH, predict_labels
 from ctriage.models.registry import ModelHandle
 
@@ -60,8 +61,10 @@ def score_image(reference: np.ndarray, multiclass: bool, predicted: np.ndarray) 
     nan = float("nan")
     return {
         "dice_lesion": dice(reference > 0, predicted > 0),
-        "dice_ggo": dice(reference == 1, predicted == 1) if multiclass else nan,
-        "dice_consolidation": dice(reference == 2, predicted == 2) if multiclass else nan,
+        "dice_ggo": dice(reference == LesionLabel.GGO, predicted == LesionLabel.GGO) if multiclass else nan,
+        "dice_consolidation": (
+            dice(reference == LesionLabel.CONSOLIDATION, predicted == LesionLabel.CONSOLIDATION) if multiclass else nan
+        ),
         "sensitivity": sensitivity,
         "specificity": specificity,
     }
@@ -90,7 +93,7 @@ def pooled_dice(pairs: list[tuple[np.ndarray, bool, np.ndarray]]) -> dict[str, f
     multi = [(r, m, p) for r, m, p in pairs if m]
     ref_multi = np.concatenate([r.ravel() for r, _, _ in multi]) if multi else None
     pred_multi = np.concatenate([p.ravel() for _, _, p in multi]) if multi else None
-    for label, name in ((1, "dice_ggo"), (2, "dice_consolidation")):
+    for label, name in ((LesionLabel.GGO, "dice_ggo"), (LesionLabel.CONSOLIDATION, "dice_consolidation")):
         out[name] = None if ref_multi is None else dice(ref_multi == label, pred_multi == label)
     return out
 

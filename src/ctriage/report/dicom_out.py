@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import highdicom as hd
 import numpy as np
@@ -22,7 +22,12 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 import ctriage
+from ctriage.labels import LesionLabel
 from ctriage.report.images import CONSOLIDATION_RGB, GGO_RGB, LUNG_EDGE_RGB
+
+if TYPE_CHECKING:
+    from ctriage.result import StudyResult
+    from ctriage.severity import LungSeverity
 
 MANUFACTURER = "ctriage"
 PRIVATE_SCHEME = "99CTRIAGE"
@@ -122,27 +127,27 @@ def _series(replaces: pydicom.Dataset | None) -> tuple[str, int]:
     return str(replaces.SeriesInstanceUID), int(replaces.get("InstanceNumber") or 0) + 1
 
 
-def _segment_masks(result: Any) -> tuple[Callable[[], np.ndarray], ...]:
+def _segment_masks(result: StudyResult) -> tuple[Callable[[], np.ndarray], ...]:
     """The masks of ``SEGMENTS`` in order, each computed when asked for (one full-size mask at a time)."""
     return (
-        lambda: result.lesion_mask == 1,
-        lambda: result.lesion_mask == 2,
-        lambda: result.lung_right,
-        lambda: result.lung_left,
+        lambda: result.lesions.mask == LesionLabel.GGO,
+        lambda: result.lesions.mask == LesionLabel.CONSOLIDATION,
+        lambda: result.lungs.right,
+        lambda: result.lungs.left,
     )
 
 
-def _slices_with_segments(result: Any) -> slice:
+def _slices_with_segments(result: StudyResult) -> slice:
     """The z range holding any lung or lesion voxel (every slice when there is none)."""
-    n_slices = result.lung_labels.shape[0]
-    per_slice = np.count_nonzero(result.lung_labels.reshape(n_slices, -1), axis=1)
-    per_slice += np.count_nonzero(result.lesion_mask.reshape(n_slices, -1), axis=1)
+    n_slices = result.lungs.labels.shape[0]
+    per_slice = np.count_nonzero(result.lungs.labels.reshape(n_slices, -1), axis=1)
+    per_slice += np.count_nonzero(result.lesions.mask.reshape(n_slices, -1), axis=1)
     present = np.flatnonzero(per_slice)
     return slice(int(present[0]), int(present[-1]) + 1) if present.size else slice(0, n_slices)
 
 
 def build_seg(
-    result: Any, sources: list[pydicom.Dataset], replaces: pydicom.Dataset | None = None
+    result: StudyResult, sources: list[pydicom.Dataset], replaces: pydicom.Dataset | None = None
 ) -> hd.seg.Segmentation:
     """DICOM SEG with GGO, consolidation, right and left lung as binary segments.
 
@@ -151,7 +156,7 @@ def build_seg(
     chest CT. The stacked array is built straight in the stored pixel grid, one segment at a time.
     """
     span = _slices_with_segments(result)
-    first = to_stored_grid(result.lesion_mask[span][:1], result.volume.affine, sources[0])
+    first = to_stored_grid(result.lesions.mask[span][:1], result.volume.affine, sources[0])
     stored = np.zeros((span.stop - span.start, *first.shape[1:], len(SEGMENTS)), np.uint8)
     for index, mask in enumerate(_segment_masks(result)):
         stored[..., index] = to_stored_grid(mask()[span], result.volume.affine, sources[0])
@@ -175,9 +180,9 @@ def build_seg(
 
 
 def _lung_group(
-    lung: Any, seg: hd.seg.Segmentation, segment_number: int, site: CodedConcept
+    lung: LungSeverity, seg: hd.seg.Segmentation, segment_number: int, site: CodedConcept
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
-    """Measurements of one lung (a ``severity.LungSeverity``) referencing its SEG segment."""
+    """Measurements of one lung referencing its SEG segment."""
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=site.meaning),
         referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, segment_number),
@@ -192,40 +197,35 @@ def _lung_group(
     )
 
 
-def _study_group(report: dict[str, Any]) -> hd.sr.MeasurementsAndQualitativeEvaluations | None:
-    """COVID-19 probability and CT-0..4 category of the whole study, where the report has them."""
-    measurements, evaluations = [], []
-    identification = report.get("identification") or {}
-    if identification.get("probability") is not None:
-        measurements.append(
-            hd.sr.Measurement(COVID_PROBABILITY, float(identification["probability"]), UCUM_NONE)
-        )
-    category = (report.get("severity") or {}).get("ct_category")
-    if category is not None:
-        value = CodedConcept(f"CT-{int(category)}", PRIVATE_SCHEME, f"CT-{int(category)}")
-        evaluations.append(hd.sr.QualitativeEvaluation(CT_CATEGORY, value))
-    if not measurements and not evaluations:
-        return None
+def _study_group(result: StudyResult) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """COVID-19 probability (where the study was identified) and CT-0..4 category of the whole study."""
+    measurements = []
+    if result.identification is not None:
+        measurements.append(hd.sr.Measurement(COVID_PROBABILITY, float(result.identification.probability), UCUM_NONE))
+    category = int(result.severity.ct_category)
+    evaluations = [hd.sr.QualitativeEvaluation(CT_CATEGORY, CodedConcept(f"CT-{category}", PRIVATE_SCHEME,
+                                                                         f"CT-{category}"))]
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="Study"),
         finding_type=codes.SCT.Lung,
         measurements=measurements or None,
-        qualitative_evaluations=evaluations or None,
+        qualitative_evaluations=evaluations,
     )
 
 
 def build_sr(
-    result: Any, sources: list[pydicom.Dataset], seg: hd.seg.Segmentation, replaces: pydicom.Dataset | None = None
+    result: StudyResult,
+    sources: list[pydicom.Dataset],
+    seg: hd.seg.Segmentation,
+    replaces: pydicom.Dataset | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """Measurement report (TID 1500): per-lung volumes and lesion share (referencing the SEG), scores; the SR it
     ``replaces`` (a header is enough) becomes its predecessor document."""
     groups: list[Any] = [
         _lung_group(result.severity.right, seg, 3, RIGHT_LUNG),
         _lung_group(result.severity.left, seg, 4, LEFT_LUNG),
+        _study_group(result),
     ]
-    study = _study_group(result.to_dict())
-    if study is not None:
-        groups.append(study)
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -274,7 +274,7 @@ def build_sc(
 
 
 def build_dicom_outputs(
-    result: Any,
+    result: StudyResult,
     slice_files: list[Path],
     summary_rgb: np.ndarray | None = None,
     replaces: dict[str, pydicom.Dataset] | None = None,
@@ -283,8 +283,8 @@ def build_dicom_outputs(
 
     ``replaces``: the objects of an earlier analysis that these replace, by Modality ("SEG", "SR", "OT").
     """
-    if len(slice_files) != result.lesion_mask.shape[0]:
-        raise ValueError(f"{len(slice_files)} source files for {result.lesion_mask.shape[0]} slices")
+    if len(slice_files) != result.lesions.mask.shape[0]:
+        raise ValueError(f"{len(slice_files)} source files for {result.lesions.mask.shape[0]} slices")
     replaces = replaces or {}
     sources = read_sources(slice_files)
     seg = build_seg(result, sources, replaces.get("SEG"))

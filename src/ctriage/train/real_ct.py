@@ -141,15 +141,15 @@ def ct_slices(ct_path: Path, size: int, rng: np.random.Generator, variants: int 
     from ctriage.io import load_volume
     from ctriage.lungs import segment_lungs
     from ctriage.pipeline import lesion_search_area
-    from ctriage.preprocess import LESION_INPUT_WINDOW_HU, window
+    from ctriage.preprocess import LESION_INPUT_WINDOW_HU, WorkGrid, window
 
     volume = load_volume(ct_path)
     hu, spacing = volume.hu, volume.spacing_mm
     if "cropped" in ct_path.name:
         hu = np.pad(hu, ((0, 0), (FRAME_PX, FRAME_PX), (FRAME_PX, FRAME_PX)), constant_values=SOFT_TISSUE_HU)
-    lungs = segment_lungs(hu, spacing)
+    lungs = segment_lungs(hu, WorkGrid.of(spacing))
     negatives, synthetic = ([], [], []), ([], [], [])
-    for crop in lung_crops(hu, lesion_search_area(lungs, spacing), spacing):
+    for crop in lung_crops(hu, lesion_search_area(lungs), spacing):
         name = f"{ct_path.name}:{crop.z}"
         for target, item in zip(negatives, (*_resized(crop.plane, None, size), name), strict=True):
             target.append(item)
