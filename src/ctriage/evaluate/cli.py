@@ -23,13 +23,8 @@ def identification_command(
     """ROC AUC (95 % patient bootstrap CI) and sensitivity/specificity at the operating point, per source."""
     from rich.console import Console
 
-    from ctriage.evaluate.identification import (
-        lesion_model_segmenter,
-        read_labels_csv,
-        save_roc_png,
-        score_slices,
-        summarize,
-    )
+    from ctriage.datasets import read_labels_csv
+    from ctriage.evaluate.identification import lesion_model_segmenter, save_roc_png, score_slices, summarize
     from ctriage.identify import IdentificationModel
 
     scores = score_slices(read_labels_csv(labels, images), lesion_model_segmenter(), IdentificationModel())

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ctriage.evaluate.segmentation import load_gray
+from ctriage.datasets import load_gray
 from ctriage.lesions import lung_crops, resize_labels
 from ctriage.train.data import SliceSet, lung_bounding_box, resize_image
 
