@@ -38,9 +38,12 @@ def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ca
 
 
 def test_public_names_resolve():
+    """Every public name resolves, every input error is exported, and nothing else is reached."""
     import ctriage as package
+    from ctriage.io import errors
 
-    assert set(package.__all__) == {"__version__", *package._HOMES}
+    defined = {name for name, value in vars(errors).items() if isinstance(value, type) and issubclass(value, Exception)}
+    assert defined == set(errors.__all__) and defined < set(package.__all__)
     for name in package.__all__:
         assert getattr(package, name) is not None, name
     assert issubclass(ctriage.InputNotFoundError, ctriage.InputError)

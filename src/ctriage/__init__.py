@@ -7,8 +7,8 @@ The Python API (see the README's "Python API")::
     result = ctriage.analyze("study_folder")   # a StudyResult: lungs, lesions, identification, severity
     ctriage.write_outputs(result, "out")        # report.json, NIfTI masks, pictures
 
-``ctriage.Analyzer`` loads the models once for many studies; bad input raises a ``ctriage.InputError``. The names
-are imported on first use, so ``import ctriage`` stays light (the command line starts fast).
+``ctriage.Analyzer`` loads the models once for many studies; bad input raises a ``ctriage.InputError``. The
+analysis and report names are imported on first use (``import ctriage`` loads the CT readers only).
 """
 
 from __future__ import annotations
@@ -18,43 +18,17 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+from ctriage.io import errors as _errors  # noqa: E402 (the package imports ctriage.__version__)
+
 _HOMES = {  # public name -> module that defines it
     **dict.fromkeys(("Analyzer", "Models", "STAGES", "analyze"), "ctriage.pipeline"),
     **dict.fromkeys(("StudyResult", "Lesions", "Completeness"), "ctriage.result"),
     **dict.fromkeys(("CTVolume", "StudySource", "find_studies", "load_volume"), "ctriage.io"),
     **dict.fromkeys(("LesionLabel", "LungLabel"), "ctriage.labels"),
     "write_outputs": "ctriage.report",
-    **dict.fromkeys(
-        (
-            "InputError",
-            "InputNotFoundError",
-            "EmptyInputError",
-            "CorruptFileError",
-            "NotCTError",
-            "IncompleteSeriesError",
-            "NotVolumeError",
-            "UnsupportedTransferSyntaxError",
-            "HeaderError",
-            "NonFiniteValuesError",
-            "NotHounsfieldError",
-            "SliceThicknessError",
-            "OutputError",
-        ),
-        "ctriage.io.errors",
-    ),
+    **dict.fromkeys(_errors.__all__, "ctriage.io.errors"),  # the input errors
 }
-
-__all__ = [  # the names of _HOMES, listed for readers and tools
-    "__version__",
-    "Analyzer", "Models", "STAGES", "analyze",
-    "StudyResult", "Lesions", "Completeness",
-    "CTVolume", "StudySource", "find_studies", "load_volume",
-    "LesionLabel", "LungLabel",
-    "write_outputs",
-    "InputError", "InputNotFoundError", "EmptyInputError", "CorruptFileError", "NotCTError", "IncompleteSeriesError",
-    "NotVolumeError", "UnsupportedTransferSyntaxError", "HeaderError", "NonFiniteValuesError", "NotHounsfieldError",
-    "SliceThicknessError", "OutputError",
-]
+__all__ = ["__version__", *_HOMES]
 
 
 def __getattr__(name: str) -> Any:
