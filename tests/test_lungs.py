@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import cc3d
 import numpy as np
 from scipy import ndimage
 
 from ctriage.evaluate.metrics import dice
 from ctriage.io import load_volume
 from ctriage.io.nifti import mask_to_canonical
-from ctriage.lungs import add_dense_lung, segment_lungs
+from ctriage.lungs import AIR_HU, add_dense_lung, segment_lungs
 from ctriage.preprocess import WorkGrid
 from ctriage.testing.phantom import chest_phantom
 from tests.conftest import TOTALSEG, require
@@ -104,3 +105,25 @@ def test_organ_under_a_lung_base_stays_out_whatever_the_lesion_mask_says():
     assert (organ & lungs.combined).sum() <= 0.01 * organ.sum()
     lesion = phantom.lesion_labels > 0
     assert (lesion & lungs.combined).sum() >= 0.97 * lesion.sum()
+
+
+def test_gas_under_a_lung_base_stays_out():
+    """Stomach gas domed up under the left lung base, walled by soft tissue but joined to the lung through a gap
+    in the dome (on thick slices the diaphragm between them is lost), is not lung: its sections below the
+    largest lung section are nearly pure air, lung's are not."""
+    phantom = chest_phantom(basal_organ=True)
+    organ, spacing_mm = phantom.basal_organ, phantom.volume.spacing_mm
+    gas = ndimage.binary_erosion(organ, iterations=2)
+    top = np.flatnonzero(organ.any(axis=(1, 2)))[0]
+    centre = np.argwhere(gas[np.flatnonzero(gas.any(axis=(1, 2)))[0]]).mean(axis=0).astype(int)
+    gap = np.zeros_like(organ)
+    gap[top : top + 4, centre[0] - 10 : centre[0] + 11, centre[1] - 10 : centre[1] + 11] = True
+    gas |= gap & organ
+    hu = phantom.volume.hu.copy()
+    hu[gas] = np.random.default_rng(1).normal(-1000, 15, int(gas.sum())).astype(np.int16)
+    without_gas = segment_lungs(phantom.volume.hu, WorkGrid.of(spacing_mm))
+    air = cc3d.connected_components(hu < AIR_HU, connectivity=6)
+    assert air[tuple(np.argwhere(gas)[-1])] == air[tuple(np.argwhere(without_gas.left)[0])]  # gas joins lung
+    lungs = segment_lungs(hu, WorkGrid.of(spacing_mm))
+    assert (gas & lungs.combined).sum() <= 0.05 * gas.sum()
+    assert abs(lungs.left_ml - without_gas.left_ml) < 0.05 * without_gas.left_ml

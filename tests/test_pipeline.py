@@ -22,8 +22,8 @@ from tests.conftest import A0001_DICOM, CAP001, NORMAL002_DICOM, P001_DICOM, P00
 # reached: 69 / 80 labelled slices carry lesion, 65 / 68 unlabelled ones do not; one slice of slack each
 P001_MIN_SENSITIVITY = 68 / 80
 P001_MIN_SPECIFICITY = 64 / 68
-# cap001 (community-acquired pneumonia): 40 of its 69 slices labelled clear carry no lesion; one slice of slack
-CAP001_MIN_SPECIFICITY = 39 / 69
+# cap001 (community-acquired pneumonia): 46 of its 69 slices labelled clear carry no lesion; one slice of slack
+CAP001_MIN_SPECIFICITY = 45 / 69
 
 
 @pytest.fixture(scope="module")
@@ -118,13 +118,22 @@ def test_normal_chest_reads_normal(normal002_result):
 
 def test_cap001_slice_specificity_and_below_covid(cap001_result, p001_result):
     """COVID-CT-MD cap001 (community-acquired pneumonia, never trained on): slice agreement with the
-    radiologists' infection labels at the figures reached (sensitivity 15 / 15, specificity 40 / 69; below the
+    radiologists' infection labels at the figures reached (sensitivity 15 / 15, specificity 46 / 69; below the
     0.85 aimed at, see docs/models.md) and an identification score below the COVID-19 study's."""
     reference = read_slice_labels(require(CAP001 / "slice_labels.csv"), cap001_result.volume.slice_files)
     agreement = slice_agreement(cap001_result.lesions.mask, cap001_result.volume.spacing_mm, reference)
     assert agreement.sensitivity >= 14 / 15, agreement
     assert agreement.specificity >= CAP001_MIN_SPECIFICITY, agreement
     assert cap001_result.identification.probability < p001_result.identification.probability
+
+
+def test_cap001_stomach_gas_is_not_lung(cap001_result):
+    """cap001's last slices (4 mm) cut through the stomach and colon gas under the left dome, joined to the lung
+    through the diaphragm's partial volume: none of it is lung (it was 123 mL of lung, with "lesion" on 6 of
+    those slices, before the gas rule)."""
+    lungs = cap001_result.lungs.combined
+    assert not lungs[-5:].any()
+    assert not (cap001_result.lesions.mask[-8:] > 0).any()
 
 
 def test_bundled_sample_runs_end_to_end():

@@ -40,6 +40,13 @@ DIAPHRAGM_CLOSING_MM = 30.0
 AIRWAY_MAX_AREA_MM2 = 700.0  # a separate air region this small near the midline is trachea / main bronchus
 MIN_LUNG_ML = 20.0
 LUNG_MIN_MEDIAN_HU = -960.0  # median HU of a lung component is above this; bowel gas is below
+# Stomach and colon gas under a dome can join the lung through the thin diaphragm on thick slices. A section of
+# it (a 4-connected part of one slice, below the lung's largest section) is nearly pure air: median under
+# LUNG_MIN_MEDIAN_HU and more than GAS_AIR_FRACTION of it below GAS_HU. Lung parenchyma, even emphysematous,
+# keeps its vessels and walls: on the real CTs here its sections have at most 10 % below GAS_HU.
+GAS_HU = -980.0
+GAS_AIR_FRACTION = 0.3
+GAS_MIN_AREA_MM2 = 300.0  # smaller air pockets (a bulla, an ectatic bronchus) are left to the lung
 
 
 @dataclass
@@ -134,6 +141,25 @@ def _keep_lungs(air: np.ndarray, small_hu: np.ndarray, voxel_ml: float) -> np.nd
     return keep[labels]
 
 
+def bowel_gas(lung: np.ndarray, hu: np.ndarray, pixel_area_mm2: float) -> np.ndarray:
+    """The sections of a lung mask (bool (z, y, x), over ``hu`` in HU) that are stomach or colon gas: below the
+    largest lung section, at least ``GAS_MIN_AREA_MM2``, nearly pure air (see ``GAS_AIR_FRACTION``)."""
+    labels, count = label_slices(lung)
+    if count == 0:
+        return np.zeros_like(lung)
+    lowest_full = int(np.argmax(voxels_per_slice(lung)))
+    area = np.bincount(labels.ravel(), minlength=count + 1)
+    index = np.flatnonzero(area * pixel_area_mm2 >= GAS_MIN_AREA_MM2)
+    index = index[index > 0]
+    gas = np.zeros(count + 1, bool)
+    if index.size:
+        median = np.asarray(ndimage.median(hu, labels, index=index))
+        below = np.bincount(labels[hu < GAS_HU], minlength=count + 1)[index] / area[index]
+        first_slice = np.array([box[0].start for box in ndimage.find_objects(labels)])[index - 1]
+        gas[index] = (median < LUNG_MIN_MEDIAN_HU) & (below > GAS_AIR_FRACTION) & (first_slice > lowest_full)
+    return gas[labels]
+
+
 def _two_largest(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """The two largest components when the second is at least 15 % of the first, else None."""
     labels, count = cc3d.connected_components(mask, connectivity=6, return_N=True)
@@ -213,6 +239,7 @@ def segment_lungs(hu: np.ndarray, grid: WorkGrid) -> LungMasks:
     body = body_mask(small)
     air = _remove_airways((small < AIR_HU) & body, small_spacing[1] * small_spacing[2])
     lungs = _keep_lungs(air, small, float(np.prod(small_spacing)) / 1000.0)
+    lungs &= ~bowel_gas(lungs, small, small_spacing[1] * small_spacing[2])
     left, right = split_left_right(lungs)
     # holes of a slice are vessels and lesions, but not the top of a diaphragm dome ringed by basal lung: no
     # aerated lung lies under that in its column

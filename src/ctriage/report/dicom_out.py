@@ -5,7 +5,9 @@ All three reference the analysed CT series, so a PACS files them in the same stu
 canonical (z, y, x) grid; they are mapped back onto each source slice's stored pixel grid before encoding.
 
 A re-analysis replaces the objects sent before: each new object goes into the series of the one it replaces with
-the next instance number, and the new SR lists the SR it supersedes as its predecessor document.
+the next instance number, the new SR lists the SR it supersedes as its predecessor document, and an IHE IOCM
+rejection note (a key object selection document titled "Rejected for Quality Reasons") lists every superseded SEG,
+SR and SC, so that a PACS that follows IOCM hides them and any other shows which objects are withdrawn.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ if TYPE_CHECKING:
 
 MANUFACTURER = "ctriage"
 PRIVATE_SCHEME = "99CTRIAGE"
-SEG_SERIES_NUMBER, SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9701, 9702, 9703
+SEG_SERIES_NUMBER, SR_SERIES_NUMBER, SC_SERIES_NUMBER, REJECTION_SERIES_NUMBER = 9701, 9702, 9703, 9704
+OUTPUT_FILES = {"SEG": "seg.dcm", "SR": "sr.dcm", "OT": "sc.dcm", "KO": "rejected.dcm"}  # by Modality
 TYPE2_PATIENT_STUDY = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
     "ReferringPhysicianName", "StudyID", "AccessionNumber",
@@ -273,6 +276,36 @@ def build_sc(
     )
 
 
+def build_rejection_note(
+    superseded: list[pydicom.Dataset], replaces: pydicom.Dataset | None = None
+) -> hd.ko.KeyObjectSelectionDocument:
+    """IHE IOCM rejection note for the ``superseded`` results (headers are enough, all of one study): a key object
+    selection document titled (113001, DCM) "Rejected for Quality Reasons", in the series of the note it
+    ``replaces``."""
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(), name="ctriage", manufacturer_name=MANUFACTURER
+        ),
+    )
+    content = hd.ko.KeyObjectSelection(
+        document_title=codes.DCM.RejectedForQualityReasons,
+        referenced_objects=superseded,
+        observer_device_context=observer,
+        description="ctriage results superseded by a re-analysis of the study",
+    )
+    series_uid, instance_number = _series(replaces)
+    return hd.ko.KeyObjectSelectionDocument(
+        evidence=superseded,
+        content=content,
+        series_instance_uid=series_uid,
+        series_number=REJECTION_SERIES_NUMBER,
+        sop_instance_uid=generate_uid(),
+        instance_number=instance_number,
+        manufacturer=MANUFACTURER,
+    )
+
+
 def build_dicom_outputs(
     result: StudyResult,
     slice_files: list[Path],
@@ -281,7 +314,8 @@ def build_dicom_outputs(
 ) -> list[pydicom.Dataset]:
     """SEG, SR and (with ``summary_rgb``) a secondary capture for a study read from single-frame DICOM.
 
-    ``replaces``: the objects of an earlier analysis that these replace, by Modality ("SEG", "SR", "OT").
+    ``replaces``: the objects of an earlier analysis that these replace, by Modality ("SEG", "SR", "OT", and "KO"
+    for its rejection note); with any SEG, SR or SC among them, a rejection note listing those comes last.
     """
     if len(slice_files) != result.lesions.mask.shape[0]:
         raise ValueError(f"{len(slice_files)} source files for {result.lesions.mask.shape[0]} slices")
@@ -291,15 +325,18 @@ def build_dicom_outputs(
     outputs: list[pydicom.Dataset] = [seg, build_sr(result, sources, seg, replaces.get("SR"))]
     if summary_rgb is not None:
         outputs.append(build_sc(summary_rgb, sources[0], replaces.get("OT")))
+    superseded = [replaces[modality] for modality in ("SEG", "SR", "OT") if modality in replaces]
+    if superseded:
+        outputs.append(build_rejection_note(superseded, replaces.get("KO")))
     return outputs
 
 
 def write_dicom_outputs(datasets: list[pydicom.Dataset], outdir: Path) -> list[Path]:
-    """Save ``datasets`` as seg.dcm / sr.dcm / sc.dcm under ``outdir``; returns the paths."""
+    """Save ``datasets`` under ``outdir`` by Modality as ``OUTPUT_FILES`` names them; returns the paths."""
     outdir.mkdir(parents=True, exist_ok=True)
     paths = []
     for ds in datasets:
-        path = outdir / f"{ {'SEG': 'seg', 'SR': 'sr'}.get(str(ds.Modality), 'sc') }.dcm"
+        path = outdir / OUTPUT_FILES[str(ds.Modality)]
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
