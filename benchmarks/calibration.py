@@ -24,7 +24,7 @@ from ctriage.io import load_volume  # noqa: E402
 from ctriage.lesions import segment_lesions  # noqa: E402
 from ctriage.lungs import segment_lungs  # noqa: E402
 from ctriage.pipeline import lesion_search_area, lesions_in_lungs  # noqa: E402
-from ctriage.preprocess import LESION_INPUT_WINDOW_HU, window  # noqa: E402
+from ctriage.preprocess import LESION_INPUT_WINDOW_HU, WorkGrid, window  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -51,7 +51,7 @@ def lung_crops(volume, lungs, step: int = 3) -> list[np.ndarray]:
 def main() -> None:
     grey = np.concatenate([np.asarray(Image.open(f).convert("L")).ravel() for f in sorted(TRAIN_IMAGES.iterdir())])
     volume = load_volume(P001 / "dicom")
-    lungs = segment_lungs(volume.hu, volume.spacing_mm)
+    lungs = segment_lungs(volume.hu, WorkGrid.of(volume.spacing_mm))
     hu = np.concatenate([c.ravel() for c in lung_crops(volume, lungs)]).astype(np.float32)
     quantiles = np.arange(5, 96, 5)
     grey_q, hu_q = np.percentile(grey, quantiles), np.percentile(hu, quantiles)
@@ -61,11 +61,11 @@ def main() -> None:
           f"{(255 - intercept) / slope:.0f}] HU (product uses {LESION_INPUT_WINDOW_HU})")
 
     reference = read_slice_labels(P001 / "slice_labels.csv", volume.slice_files)
-    search_area = lesion_search_area(lungs, volume.spacing_mm)
+    search_area = lesion_search_area(lungs)
     rows = []
     for name, window_hu in WINDOWS.items():  # the pipeline's lesion stage, with the window swapped
         lesions = segment_lesions(volume.hu, search_area, volume.spacing_mm, window_hu=window_hu)
-        _, mask, _ = lesions_in_lungs(lungs, lesions.mask, volume.hu, volume.spacing_mm, True)
+        _, mask, _ = lesions_in_lungs(lungs, lesions.mask, volume.hu, True)
         rows.append((name, window_hu, slice_agreement(mask, volume.spacing_mm, reference)))
 
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.2))

@@ -21,6 +21,7 @@ P001_DICOM = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "c
 def load_study(n_slices: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], str]:
     """(hu, lung mask, spacing_mm, description) of a study with ``n_slices`` axial slices."""
     from ctriage.lungs import segment_lungs
+    from ctriage.preprocess import WorkGrid
 
     if (P001_DICOM / "dicom").exists():
         from ctriage.io import load_volume
@@ -32,7 +33,7 @@ def load_study(n_slices: int) -> tuple[np.ndarray, np.ndarray, tuple[float, floa
 
         phantom = chest_phantom(shape=(100, 512, 512), spacing_mm=(1.0, 0.7, 0.7))
         hu, spacing, source = phantom.volume.hu, phantom.volume.spacing_mm, "synthetic phantom"
-    lungs = segment_lungs(hu, spacing).combined
+    lungs = segment_lungs(hu, WorkGrid.of(spacing)).combined
     reps = int(np.ceil(n_slices / hu.shape[0]))
     hu, lungs = np.concatenate([hu] * reps)[:n_slices], np.concatenate([lungs] * reps)[:n_slices]
     return hu, lungs, spacing, f"{source} stacked to {n_slices} x {hu.shape[1]} x {hu.shape[2]}"

@@ -20,6 +20,7 @@ from ctriage.evaluate.slices import read_slice_labels, slice_agreement
 from ctriage.lungs import segment_lungs
 from ctriage.models.registry import load_model
 from ctriage.pipeline import analyze_path
+from ctriage.preprocess import WorkGrid
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 STUDIES = {
@@ -36,9 +37,9 @@ def study_row(name: str, path: Path) -> dict:
     source = path / "dicom" if (path / "dicom").is_dir() else path
     result = analyze_path(source)
     volume, severity = result.volume, result.severity
-    lung = result.lung_left | result.lung_right
-    aerated = segment_lungs(volume.hu, volume.spacing_mm).combined
-    lesion = result.lesion_mask > 0
+    lung = result.lungs.left | result.lungs.right
+    aerated = segment_lungs(volume.hu, WorkGrid.of(volume.spacing_mm)).combined
+    lesion = result.lesions.mask > 0
     row = {
         "study": name,
         "lungs_ml": round(severity.lung_ml, 0),
@@ -54,7 +55,7 @@ def study_row(name: str, path: Path) -> dict:
     if labels_csv.exists() or "normal" in name:
         reference = (read_slice_labels(labels_csv, volume.slice_files) if labels_csv.exists()
                      else np.zeros(volume.shape[0], bool))
-        agreement = slice_agreement(result.lesion_mask, volume.spacing_mm, reference)
+        agreement = slice_agreement(result.lesions.mask, volume.spacing_mm, reference)
         row["slice_sensitivity"] = None if agreement.n_positive == 0 else round(agreement.sensitivity, 3)
         row["slice_specificity"] = round(agreement.specificity, 3)
         row["false_positive_slices"] = agreement.false_positive_slices

@@ -87,7 +87,8 @@ def test_identify_on_real_slices_with_reference_lesion_masks(model: Identificati
     """Radiologist GGO/consolidation masks of MedSeg COVID-19 slices vs LUNA16 slices without lesions."""
     if not MEDSEG.is_dir() or not LUNA.is_dir():
         pytest.skip(f"shared real data not found under {DATA.resolve()}")
-    from ctriage.evaluate.identification import load_gray, lung_mask_2d
+    from ctriage.datasets import load_gray
+    from ctriage.evaluate.identification import lung_mask_2d
 
     covid = []
     for name in ("0", "1", "3"):  # slices where both lungs are in view

@@ -12,6 +12,7 @@ from ctriage.evaluate.metrics import roc_auc
 from ctriage.lesions import crop_box, segment_lesions
 from ctriage.lungs import segment_lungs
 from ctriage.models.registry import PACKAGE_MODEL_DIR
+from ctriage.preprocess import WorkGrid
 from tests.conftest import P001_LABELS, require
 
 
@@ -69,10 +70,10 @@ def test_real_covid_ct_slices_with_infection_score_higher(p001):
 
     with open(require(P001_LABELS)) as handle:
         infected = np.array([int(row["infection"]) for row in csv.DictReader(handle)])
-    aerated = segment_lungs(p001.hu, p001.spacing_mm)
+    aerated = segment_lungs(p001.hu, WorkGrid.of(p001.spacing_mm))
     result = segment_lesions(p001.hu, aerated.combined, p001.spacing_mm)
     assert not result.mask[~aerated.combined].any()
-    lungs, mask, _ = lesions_in_lungs(aerated, result.mask, p001.hu, p001.spacing_mm, denoise=True)
+    lungs, mask, _ = lesions_in_lungs(aerated, result.mask, p001.hu, denoise=True)
     fraction = (mask > 0).sum(axis=(1, 2)) / np.maximum(lungs.combined.sum(axis=(1, 2)), 1)
     auc = roc_auc(infected, fraction)
     assert auc > 0.85, auc  # measured 0.860 (v1 model: > 0.75); the slice agreement is in tests/test_pipeline.py
@@ -107,9 +108,10 @@ def test_remove_small_lesions_drops_only_small_ones():
     big = labels.copy()
     labels[20:24, 30:34, 30:34] = 2  # 0.064 mL
     assert 0.064 < MIN_LESION_ML < 1.0
-    cleaned = remove_small_lesions(labels, spacing_mm)
+    grid = WorkGrid.of(spacing_mm)
+    cleaned = remove_small_lesions(labels, grid)
     assert np.array_equal(cleaned, big) and labels[20:24, 30:34, 30:34].all()  # the input is not changed
-    assert remove_small_lesions(big, spacing_mm) is big
+    assert remove_small_lesions(big, grid) is big
 
 
 def test_batches_on_several_threads_give_the_single_stream_result(phantom):

@@ -29,6 +29,22 @@ def test_working_grid_round_trip():
     assert odd.dtype == np.uint8 and np.array_equal(odd[6], labels[2]) and np.array_equal(odd[::2][:3], labels)
 
 
+def test_work_grid_object_matches_the_functions():
+    """``WorkGrid`` carries the factors once: its spacing, slices and resampling are those of the functions."""
+    from ctriage.preprocess import WorkGrid, grown_box, subsample, upsample
+
+    grid = WorkGrid.of((1.0, 0.7, 0.7))
+    assert (grid.factor, grid.z_factor) == (3, 2) and grid.slices == slice(1, None, 2)
+    assert grid.work_spacing_mm == pytest.approx((2.0, 2.1, 2.1)) and grid.pixel_mm == pytest.approx((2.1, 2.1))
+    mask = np.random.default_rng(2).random((12, 31, 37)) > 0.5
+    assert np.array_equal(grid.subsample(mask), subsample(mask, 3, 2))
+    assert np.array_equal(grid.upsample(grid.subsample(mask), mask.shape), upsample(subsample(mask, 3, 2), 3,
+                                                                                     mask.shape, 2))
+    plane = np.zeros((40, 50), bool)
+    plane[10:20, 30:35] = True
+    assert grown_box(plane, 2.0, (0.7, 1.0)) == (slice(7, 23), slice(28, 37))  # 2 mm: 3 rows, 2 columns
+
+
 def test_fill_blocks_sets_exactly_the_upsampled_blocks():
     from ctriage.preprocess import fill_blocks, upsample
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from ctriage.cli import app
 from ctriage.triage import TriageItem, load_item, rank
-from ctriage.triage_cli import app
 
 NOW = datetime(2020, 3, 1, tzinfo=UTC)
 
@@ -76,9 +76,9 @@ def test_triage_command_prints_ranked_table(tmp_path: Path) -> None:
                     "high": report(0.9, True, 0.5, "2020-03-01T09:00:00")}.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "report.json").write_text(json.dumps(r))
-    result = CliRunner().invoke(app, [str(tmp_path / "low"), str(tmp_path / "high"), "--policy", "identification"],
-                                env={"COLUMNS": "200"})
+    arguments = ["triage", str(tmp_path / "low"), str(tmp_path / "high"), "--policy", "identification"]
+    result = CliRunner().invoke(app, arguments, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert result.output.index("high") < result.output.index("low")
-    missing = CliRunner().invoke(app, [str(tmp_path / "nowhere")])
+    missing = CliRunner().invoke(app, ["triage", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2

@@ -1,4 +1,5 @@
-"""The `ctriage` command line: a thin shell over the pipeline, report, triage, evaluation and service."""
+"""The `ctriage` command line: a thin shell over the pipeline, report, triage, evaluation and service (`analyze`
+and `triage` here; `train`, `evaluate` and the service's commands in their packages' cli modules)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from ctriage import __version__
 from ctriage.evaluate.cli import app as evaluate_app
@@ -17,8 +19,10 @@ from ctriage.io import InputError, StudySource, find_studies
 from ctriage.io.decode import start_workers
 from ctriage.service.cli import app as service_app
 from ctriage.train.cli import app as train_app
-from ctriage.triage_cli import app as triage_app
+from ctriage.triage import POLICIES, TriageItem, load_item, rank
 
+# `ctriage triage` is a one-command Typer added like the command groups: `ctriage --help` lists it among them
+triage_app = typer.Typer(help="Rank analysed studies (folders holding report.json) into a worklist.")
 app = typer.Typer(
     help="ctriage: chest CT triage for COVID-19 pneumonia.", no_args_is_help=True, pretty_exceptions_enable=False
 )
@@ -30,7 +34,7 @@ app.add_typer(service_app)
 console = Console(stderr=True, soft_wrap=True)
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL_ERROR = 1
-STAGES = ("load", "lungs", "lesions", "identification", "severity", "report")
+REPORT_STAGE = "report"  # shown after the pipeline's stages (``ctriage.pipeline.STAGES``)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -53,8 +57,10 @@ def analyze(
     ] = None,
 ) -> None:
     """Analyse chest CT studies: lungs, lesions, COVID-19 probability, severity; write report.json and pictures."""
-    from ctriage.pipeline import analyze_study
+    from ctriage.pipeline import STAGES, analyze_study
     from ctriage.report import prepare_outdir, write_outputs
+
+    stages = (*STAGES, REPORT_STAGE)
 
     try:
         studies = find_studies(path)
@@ -77,15 +83,15 @@ def analyze(
         transient=False,
     ) as progress:
         for study, target in zip(studies, targets, strict=True):
-            task = progress.add_task(study.label, total=len(STAGES), stage="")
+            task = progress.add_task(study.label, total=len(stages), stage="")
 
             def advance(stage: str, task=task) -> None:
-                progress.update(task, stage=stage, completed=STAGES.index(stage))
+                progress.update(task, stage=stage, completed=stages.index(stage))
 
             try:
                 prepare_outdir(target)  # an earlier report there is removed before the analysis, not after
                 result = analyze_study(study, lesion_mask=lesion_mask, progress=advance)
-                advance("report")
+                advance(REPORT_STAGE)
                 write_outputs(result, target)
             except InputError as exc:
                 failures += 1
@@ -97,7 +103,7 @@ def analyze(
                 progress.update(task, stage="[red]failed")
                 console.print(f"[bold red]internal error:[/] {study.label}: {type(exc).__name__}: {exc}")
                 continue
-            progress.update(task, stage="done", completed=len(STAGES))
+            progress.update(task, stage="done", completed=len(stages))
             severity = result.severity
             summary = f"CT-{severity.ct_category}  worse lung {100 * severity.max_ratio:.1f} %"
             if result.identification is not None:
@@ -109,6 +115,46 @@ def analyze(
         raise typer.Exit(EXIT_INTERNAL_ERROR)
     if failures:
         raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _percent(value: float) -> str:
+    """A [0, 1] value as a percentage string; '-' for NaN."""
+    return "-" if value != value else f"{100.0 * value:.1f}"
+
+
+def worklist_table(items: list[TriageItem], policy: str) -> Table:
+    """Rich table of ``items`` in the given (already ranked) order."""
+    table = Table(title=f"Worklist (policy: {policy})")
+    columns = ("#", "study", "patient", "arrival (UTC)", "COVID-19 %", "identified", "max lung ratio %", "CT")
+    for column in columns:
+        table.add_column(column)
+    for position, item in enumerate(items, start=1):
+        table.add_row(
+            str(position),
+            item.name,
+            item.patient_id,
+            item.arrival_time.strftime("%Y-%m-%d %H:%M:%S"),
+            _percent(item.probability),
+            "yes" if item.positive else "no",
+            _percent(item.max_ratio),
+            "-" if item.ct_category is None else f"CT-{item.ct_category}",
+        )
+    return table
+
+
+@triage_app.command("triage")
+def triage_command(
+    outdirs: Annotated[list[Path], typer.Argument(help="Analysis output folders, each with a report.json.")],
+    policy: Annotated[str, typer.Option(help=f"Site policy: {', '.join(POLICIES)}.")] = "combined",
+) -> None:
+    """Print the studies in worklist order under the site policy (ties: earliest arrival first)."""
+    if policy not in POLICIES:
+        raise typer.BadParameter(f"choose one of {', '.join(POLICIES)}", param_hint="--policy")
+    missing = [str(d) for d in outdirs if not (d / "report.json").is_file()]
+    if missing:
+        typer.echo(f"no report.json in: {', '.join(missing)}", err=True)
+        raise typer.Exit(2)
+    Console().print(worklist_table(rank([load_item(d) for d in outdirs], policy), policy))
 
 
 def _safe_name(label: str) -> str:

@@ -16,13 +16,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from ctriage.labels import LesionLabel
 from ctriage.models.registry import ModelHandle, load_model
-from ctriage.preprocess import block_counts, subsample, voxels_per_slice, work_grid_factor
+from ctriage.preprocess import WorkGrid, voxels_per_slice
 
 BILATERAL_MIN_RATIO = 0.005  # a lung counts as involved when at least 0.5 % of it is lesion
 PERIPHERAL_DEPTH = 1.0 / 3.0  # outer third of each lung's in-plane depth (distance to the lung border)
 LOG_RATIO_FLOOR = 1e-3
-GGO = 1
 MODEL_NAME = "identification"
 
 
@@ -31,7 +31,9 @@ class Identification:
     """COVID-19 identification of one study.
 
     ``probability`` in [0, 1]; ``positive`` is ``probability >= threshold`` (the model card's operating
-    point); ``features`` are the whole-volume lesion features (ratios and shares in [0, 1]).
+    point); ``features`` are the whole-volume lesion features (ratios and shares in [0, 1]). ``reliable`` is
+    False where the lungs are not wholly in the series (incomplete series, or too little lung found): the
+    probability is then not a reading of the study.
     """
 
     probability: float
@@ -39,9 +41,14 @@ class Identification:
     positive: bool
     model_version: str
     features: dict[str, float] = field(default_factory=dict)
+    reliable: bool = True
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        """As in report.json: ``reliable`` appears only where it is False."""
+        out = asdict(self)
+        if self.reliable:
+            del out["reliable"]
+        return out
 
 
 def _as_volume(array: np.ndarray) -> np.ndarray:
@@ -59,22 +66,19 @@ def _in_plane_spacing(spacing_mm: tuple[float, ...]) -> tuple[float, float]:
 LUNG_LEFT, LUNG_RIGHT, LESION_LEFT, LESION_RIGHT, N_GGO, N_PERIPHERAL, N_POSTERIOR = range(7)
 
 
-def _lung_counts(
-    lesion_blocks: np.ndarray, lung: np.ndarray, spacing_yx_mm: tuple[float, float], factor: int
-) -> tuple[int, int]:
+def _lung_counts(lesion_blocks: np.ndarray, lung: np.ndarray, pixel_mm: tuple[float, float]) -> tuple[int, int]:
     """(peripheral, posterior) lesion voxels of one lung on one slice of the working grid.
 
     ``lesion_blocks``: lesion voxels of that lung in each working-grid block (2D); ``lung``: the lung sampled
-    on the working grid (2D bool). Peripheral: in-plane distance to the lung border / the slice's largest such
-    distance in that lung <= ``PERIPHERAL_DEPTH`` (no absolute scale needed); posterior: a block row below the
-    lung's mean row.
+    on the working grid (2D bool), pixels ``pixel_mm`` (y, x) in mm. Peripheral: in-plane distance to the lung
+    border / the slice's largest such distance in that lung <= ``PERIPHERAL_DEPTH`` (no absolute scale needed);
+    posterior: a block row below the lung's mean row.
     """
     rows, cols = np.nonzero(lung)
     if rows.size == 0:
         return 0, 0
     box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
-    depth = ndimage.distance_transform_edt(np.pad(lung[box], 1), sampling=(spacing_yx_mm[0] * factor,
-                                                                           spacing_yx_mm[1] * factor))[1:-1, 1:-1]
+    depth = ndimage.distance_transform_edt(np.pad(lung[box], 1), sampling=pixel_mm)[1:-1, 1:-1]
     weights = lesion_blocks[box]
     peripheral = weights[depth <= PERIPHERAL_DEPTH * max(float(depth.max()), 1e-6)].sum()
     below = np.arange(box[0].start, box[0].stop) > rows.mean()
@@ -87,25 +91,25 @@ def slice_counts(
     """Per-slice voxel counts, int64 (z, 7), columns ``LUNG_LEFT`` .. ``N_POSTERIOR``; 2D input is one slice.
 
     Lesion voxels count only inside the lung masks. Peripheral and posterior lesion voxels are counted by
-    their block of the working grid (about 2 mm, see :func:`ctriage.preprocess.work_grid_factor`).
+    their block of the working grid (about 2 mm in-plane, see :class:`ctriage.preprocess.WorkGrid`).
     """
     lesion_mask = _as_volume(lesion_mask)
     left = np.asarray(_as_volume(lung_left), bool)  # no copy of a bool mask
     right = np.asarray(_as_volume(lung_right), bool)
     spacing_yx = _in_plane_spacing(spacing_mm)
-    factor = work_grid_factor((1.0, *spacing_yx))
+    grid = WorkGrid.of((1.0, *spacing_yx))  # in-plane blocks only: the slice spacing plays no part
 
     counts = np.zeros((lesion_mask.shape[0], 7), np.int64)
     counts[:, LUNG_LEFT] = voxels_per_slice(left)
     counts[:, LUNG_RIGHT] = voxels_per_slice(right)
     lesion = lesion_mask > 0
-    counts[:, N_GGO] = voxels_per_slice((lesion_mask == GGO) & (left | right))
+    counts[:, N_GGO] = voxels_per_slice((lesion_mask == LesionLabel.GGO) & (left | right))
     for side, column in ((left, LESION_LEFT), (right, LESION_RIGHT)):
         lesion_in_lung = lesion & side
         counts[:, column] = voxels_per_slice(lesion_in_lung)
-        blocks, lung_grid = block_counts(lesion_in_lung, factor), subsample(side, factor)
+        blocks, lung_grid = grid.block_counts(lesion_in_lung), grid.subsample_in_plane(side)
         for z in np.flatnonzero(counts[:, column]):
-            peripheral, posterior = _lung_counts(blocks[z], lung_grid[z], spacing_yx, factor)
+            peripheral, posterior = _lung_counts(blocks[z], lung_grid[z], grid.pixel_mm)
             counts[z, N_PERIPHERAL] += peripheral
             counts[z, N_POSTERIOR] += posterior
     return counts

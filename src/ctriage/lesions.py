@@ -15,15 +15,9 @@ import cc3d
 import numpy as np
 from PIL import Image
 
+from ctriage.labels import LesionLabel
 from ctriage.models.registry import ModelHandle, load_model
-from ctriage.preprocess import (
-    LESION_INPUT_WINDOW_HU,
-    block_counts,
-    fill_blocks,
-    voxels_per_slice,
-    window,
-    work_grid_factor,
-)
+from ctriage.preprocess import LESION_INPUT_WINDOW_HU, WorkGrid, voxels_per_slice, window
 from ctriage.system import available_cores
 
 LESION_MODEL_NAME = "lesions"
@@ -34,8 +28,8 @@ MIN_CROP_MM = 60.0  # do not blow tiny apical lung sections up to the full model
 
 @dataclass(frozen=True)
 class LesionResult:
-    """``mask`` uint8 (z, y, x): 0 bg, 1 GGO, 2 consolidation, inside the lung mask only;
-    ``slice_probability`` float32 (z,): max lesion probability over the slice's lung pixels (0 without lung);
+    """``mask`` uint8 (z, y, x) of :class:`LesionLabel` values (0 bg, 1 GGO, 2 consolidation), inside the lung
+    mask only; ``slice_probability`` float32 (z,): max lesion probability over the slice's lung pixels (0 without lung);
     ``model_version``: the lesion model card's version."""
 
     mask: np.ndarray
@@ -55,12 +49,12 @@ def class_map(logits: np.ndarray, min_probability: float | None = None) -> np.nd
     """(3, H, W) logits -> class map uint8 (H, W): by argmax, ties to the lower class; with ``min_probability``,
     lesion where P(GGO) + P(consolidation) >= ``min_probability``, as the larger of the two."""
     background, ggo, consolidation = logits
-    labels = np.where(consolidation > ggo, np.uint8(2), np.uint8(1))
+    labels = np.where(consolidation > ggo, np.uint8(LesionLabel.CONSOLIDATION), np.uint8(LesionLabel.GGO))
     if min_probability is None:
-        labels[np.maximum(ggo, consolidation) <= background] = 0
+        labels[np.maximum(ggo, consolidation) <= background] = LesionLabel.BACKGROUND
     else:
         lesion_logit = np.logaddexp(ggo, consolidation) - background
-        labels[lesion_logit < np.log(min_probability / (1.0 - min_probability))] = 0
+        labels[lesion_logit < np.log(min_probability / (1.0 - min_probability))] = LesionLabel.BACKGROUND
     return labels
 
 
@@ -207,27 +201,24 @@ def lung_crops(
 MIN_LESION_ML = 0.4  # about a 9 mm sphere; smaller isolated findings are mostly model speckle (see docs/models.md)
 
 
-def remove_small_lesions(
-    labels: np.ndarray, spacing_mm: tuple[float, float, float], min_volume_ml: float = MIN_LESION_ML
-) -> np.ndarray:
-    """Drop lesions (GGO and consolidation together) of less than ``min_volume_ml`` mL: a new array, or
-    ``labels`` itself where none is that small.
+def remove_small_lesions(labels: np.ndarray, grid: WorkGrid, min_volume_ml: float = MIN_LESION_ML) -> np.ndarray:
+    """Drop lesions (GGO and consolidation together) of less than ``min_volume_ml`` mL from ``labels`` on the voxel
+    grid ``grid``: a new array, or ``labels`` itself where none is that small.
 
-    Lesions are the 26-connected parts of the working grid's blocks that hold lesion voxels (lesions closer
-    than one block, about 2 mm, are one); a lesion's volume is the sum of its voxels at full resolution.
+    Lesions are the 26-connected parts of the working grid's in-plane blocks that hold lesion voxels (lesions
+    closer than one block, about 2 mm, are one); a lesion's volume is the sum of its voxels at full resolution.
     """
-    factor = work_grid_factor(spacing_mm)
-    counts = block_counts(labels > 0, factor)
+    counts = grid.block_counts(labels > 0)
     components = cc3d.connected_components(counts > 0, connectivity=26)
     blocks = np.flatnonzero(counts)  # lesion blocks are few: sum over them only
     voxels = np.bincount(components.ravel()[blocks], weights=counts.ravel()[blocks], minlength=1)
-    volume_ml = voxels * float(np.prod(spacing_mm)) / 1000.0
+    volume_ml = voxels * grid.voxel_ml
     small = volume_ml < min_volume_ml
     small[0] = False
     if not small.any():
         return labels
     out = labels.copy()
-    fill_blocks(out, small[components], factor, 0)
+    grid.fill_blocks(out, small[components], LesionLabel.BACKGROUND)
     return out
 
 

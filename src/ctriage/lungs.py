@@ -21,15 +21,8 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 
-from ctriage.preprocess import (
-    block_counts,
-    fill_blocks,
-    subsample,
-    upsample,
-    voxels_per_slice,
-    work_grid_factor,
-    work_grid_z_factor,
-)
+from ctriage.labels import LungLabel
+from ctriage.preprocess import WorkGrid, grown_box, voxels_per_slice
 
 AIR_HU = -400.0  # lung parenchyma (about -850 HU) and airways are below this; soft tissue is above
 BODY_HU = -500.0
@@ -47,34 +40,48 @@ DIAPHRAGM_CLOSING_MM = 30.0
 AIRWAY_MAX_AREA_MM2 = 700.0  # a separate air region this small near the midline is trachea / main bronchus
 MIN_LUNG_ML = 20.0
 LUNG_MIN_MEDIAN_HU = -960.0  # median HU of a lung component is above this; bowel gas is below
+# Stomach and colon gas under a dome can join the lung through the thin diaphragm on thick slices. A section of
+# it (a 4-connected part of one slice, below the lung's largest section) is nearly pure air: median under
+# LUNG_MIN_MEDIAN_HU and more than GAS_AIR_FRACTION of it below GAS_HU. Lung parenchyma, even emphysematous,
+# keeps its vessels and walls: on the real CTs here its sections have at most 10 % below GAS_HU.
+GAS_HU = -980.0
+GAS_AIR_FRACTION = 0.3
+GAS_MIN_AREA_MM2 = 300.0  # smaller air pockets (a bulla, an ectatic bronchus) are left to the lung
 
 
 @dataclass
 class LungMasks:
-    """Left and right lung masks (bool, z-y-x, canonical orientation) and their volumes in mL."""
+    """Left and right lung masks (bool, z-y-x, canonical orientation) on the voxel grid of ``grid`` (its
+    spacing and working grid), and their volumes in mL. The masks are not changed after construction."""
 
     left: np.ndarray
     right: np.ndarray
-    spacing_mm: tuple[float, float, float]
+    grid: WorkGrid
+
+    @property
+    def spacing_mm(self) -> tuple[float, float, float]:
+        """Voxel size (z, y, x) in mm."""
+        return self.grid.spacing_mm
 
     @cached_property
     def combined(self) -> np.ndarray:
-        """Both lungs, bool (z, y, x); computed once (the masks are not changed after construction)."""
+        """Both lungs, bool (z, y, x); computed once."""
         return self.left | self.right
 
     @property
     def left_ml(self) -> float:
-        return float(self.left.sum()) * float(np.prod(self.spacing_mm)) / 1000.0
+        return float(self.left.sum()) * self.grid.voxel_ml
 
     @property
     def right_ml(self) -> float:
-        return float(self.right.sum()) * float(np.prod(self.spacing_mm)) / 1000.0
+        return float(self.right.sum()) * self.grid.voxel_ml
 
+    @cached_property
     def labels(self) -> np.ndarray:
-        """uint8 label map: 0 background, 1 right lung, 2 left lung."""
+        """uint8 label map (:class:`LungLabel`): 0 background, 1 right lung, 2 left lung; computed once."""
         out = np.zeros(self.left.shape, np.uint8)
-        out[self.right] = 1
-        out[self.left] = 2
+        out[self.right] = LungLabel.RIGHT
+        out[self.left] = LungLabel.LEFT
         return out
 
 
@@ -132,6 +139,25 @@ def _keep_lungs(air: np.ndarray, small_hu: np.ndarray, voxel_ml: float) -> np.nd
     if len(order) > 1 and sizes[order[1]] > 0.1 * sizes[order[0]]:
         keep[order[1]] = True
     return keep[labels]
+
+
+def bowel_gas(lung: np.ndarray, hu: np.ndarray, pixel_area_mm2: float) -> np.ndarray:
+    """The sections of a lung mask (bool (z, y, x), over ``hu`` in HU) that are stomach or colon gas: below the
+    largest lung section, at least ``GAS_MIN_AREA_MM2``, nearly pure air (see ``GAS_AIR_FRACTION``)."""
+    labels, count = label_slices(lung)
+    if count == 0:
+        return np.zeros_like(lung)
+    lowest_full = int(np.argmax(voxels_per_slice(lung)))
+    area = np.bincount(labels.ravel(), minlength=count + 1)
+    index = np.flatnonzero(area * pixel_area_mm2 >= GAS_MIN_AREA_MM2)
+    index = index[index > 0]
+    gas = np.zeros(count + 1, bool)
+    if index.size:
+        median = np.asarray(ndimage.median(hu, labels, index=index))
+        below = np.bincount(labels[hu < GAS_HU], minlength=count + 1)[index] / area[index]
+        first_slice = np.array([box[0].start for box in ndimage.find_objects(labels)])[index - 1]
+        gas[index] = (median < LUNG_MIN_MEDIAN_HU) & (below > GAS_AIR_FRACTION) & (first_slice > lowest_full)
+    return gas[labels]
 
 
 def _two_largest(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -201,25 +227,26 @@ def _fill_slices(mask: np.ndarray) -> np.ndarray:
     return np.stack([fill_voids.fill(plane, in_place=False) for plane in mask]).reshape(mask.shape)
 
 
-def segment_lungs(hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> LungMasks:
-    """Segment left and right lungs of a canonical HU volume (z, y, x) with spacing (z, y, x) in mm.
+def segment_lungs(hu: np.ndarray, grid: WorkGrid) -> LungMasks:
+    """Segment left and right lungs of a canonical HU volume (z, y, x) on the voxel grid ``grid`` (its spacing in
+    mm and working grid, e.g. ``WorkGrid.of(volume.spacing_mm)``); the masks are computed on the working grid.
 
     The masks hold the aerated lung with its vessels and enclosed lesions; see :func:`add_dense_lung`
     for dense lung along the chest wall.
     """
-    factor, z_factor = work_grid_factor(spacing_mm), work_grid_z_factor(spacing_mm)
-    small = subsample(hu, factor, z_factor)
-    small_spacing = (spacing_mm[0] * z_factor, spacing_mm[1] * factor, spacing_mm[2] * factor)
+    small = grid.subsample(hu)
+    small_spacing = grid.work_spacing_mm
     body = body_mask(small)
     air = _remove_airways((small < AIR_HU) & body, small_spacing[1] * small_spacing[2])
     lungs = _keep_lungs(air, small, float(np.prod(small_spacing)) / 1000.0)
+    lungs &= ~bowel_gas(lungs, small, small_spacing[1] * small_spacing[2])
     left, right = split_left_right(lungs)
     # holes of a slice are vessels and lesions, but not the top of a diaphragm dome ringed by basal lung: no
     # aerated lung lies under that in its column
     dome = np.arange(len(lungs))[:, None, None] > diaphragm_floor(lungs, min(small_spacing[1:]), closing_mm=0)
     left, right = ((_fill_slices(side) & ~dome) | side for side in (left, right))
-    left = upsample(left, factor, hu.shape, z_factor)
-    return LungMasks(left=left, right=upsample(right, factor, hu.shape, z_factor) & ~left, spacing_mm=spacing_mm)
+    left = grid.upsample(left, hu.shape)
+    return LungMasks(left=left, right=grid.upsample(right, hu.shape) & ~left, grid=grid)
 
 
 def _grown_hull(section: np.ndarray, margin_px: tuple[float, float]) -> np.ndarray:
@@ -241,16 +268,16 @@ def _grown_hull(section: np.ndarray, margin_px: tuple[float, float]) -> np.ndarr
 
 @dataclass
 class DenseLungRegion:
-    """Where dense (non-aerated) lung may lie beside each aerated lung, on the working grid: bool
-    (z, y // f, x // f) per side, f = ``factor`` (see :func:`ctriage.preprocess.subsample`)."""
+    """Where dense (non-aerated) lung may lie beside each aerated lung, on the in-plane working grid of ``grid``:
+    bool (z, y // f, x // f) per side, f = ``grid.factor`` (see :meth:`WorkGrid.subsample_in_plane`)."""
 
     left: np.ndarray
     right: np.ndarray
-    factor: int
+    grid: WorkGrid
 
     def upsampled(self, shape: tuple[int, int, int]) -> np.ndarray:
         """Both sides together as a bool mask on the voxel grid of ``shape``."""
-        return upsample(self.left | self.right, self.factor, shape)
+        return self.grid.upsample_in_plane(self.left | self.right, shape)
 
 
 def _beyond_lung(
@@ -299,15 +326,11 @@ def _side_region(
     ``within``, only on slices where ``within`` has pixels in reach of the lung (its bounding box grown by the
     margin)."""
     margin_px = (HULL_MARGIN_MM / pixel_mm[0], HULL_MARGIN_MM / pixel_mm[1])
-    reach = (int(np.ceil(margin_px[0])), int(np.ceil(margin_px[1])))
     region = np.zeros_like(lung)
     area = voxels_per_slice(lung)
     apex = (np.arange(len(area)) < np.argmax(area)) & (area < APEX_AREA_FRACTION * area.max(initial=0))
     for k in np.flatnonzero((area >= 30) & ~apex):
-        rows, cols = np.flatnonzero(lung[k].any(axis=1)), np.flatnonzero(lung[k].any(axis=0))
-        box = (slice(max(rows[0] - reach[0], 0), rows[-1] + 1 + reach[0]),
-               slice(max(cols[0] - reach[1], 0), cols[-1] + 1 + reach[1]))
-        if within is not None and not within[k][box].any():
+        if within is not None and not within[k][grown_box(lung[k], HULL_MARGIN_MM, pixel_mm)].any():
             continue
         candidates = _grown_hull(lung[k], margin_px) & ~lung[k] & (hu[k] < DENSE_LUNG_MAX_HU)
         body_rows, body_cols = np.nonzero(hu[k] > BODY_HU)
@@ -351,14 +374,14 @@ def dense_lung_region(lungs: LungMasks, hu: np.ndarray, within: np.ndarray | Non
     The hull steps work slice by slice; ``within`` (bool, working grid) limits the work to the slices and lungs
     where it is needed: the region is empty on slices where ``within`` has nothing in a lung's reach.
     """
-    factor = work_grid_factor(lungs.spacing_mm)
-    left_small, right_small = subsample(lungs.left, factor), subsample(lungs.right, factor)
-    small_hu, aerated = subsample(hu, factor), left_small | right_small
-    pixel_mm = (lungs.spacing_mm[1] * factor, lungs.spacing_mm[2] * factor)
+    grid = lungs.grid
+    left_small, right_small = grid.subsample_in_plane(lungs.left), grid.subsample_in_plane(lungs.right)
+    small_hu, aerated = grid.subsample_in_plane(hu), left_small | right_small
+    pixel_mm = grid.pixel_mm
     lowest, floor = lowest_lung(aerated), diaphragm_floor(aerated, min(pixel_mm))
     left = _side_region(left_small, small_hu, pixel_mm, within, lowest, floor) & ~aerated
     right = _side_region(right_small, small_hu, pixel_mm, within, lowest, floor) & ~aerated & ~left
-    return DenseLungRegion(left=left, right=right, factor=factor)
+    return DenseLungRegion(left=left, right=right, grid=grid)
 
 
 def add_dense_lung(
@@ -375,13 +398,13 @@ def add_dense_lung(
     marks along the hull is not; 0 keeps all). Pixels of the region that lung and added lesion enclose on a
     slice (spots the model missed or the thickness rule cut inside a consolidation) join the lung too.
     """
-    factor = work_grid_factor(lungs.spacing_mm)
-    left_small, right_small = subsample(lungs.left, factor), subsample(lungs.right, factor)
-    outside = (block_counts(lesion_mask > 0, factor) > 0) & ~left_small & ~right_small
+    grid = lungs.grid
+    left_small, right_small = grid.subsample_in_plane(lungs.left), grid.subsample_in_plane(lungs.right)
+    outside = (grid.block_counts(lesion_mask > 0) > 0) & ~left_small & ~right_small
     if not outside.any():
         return lungs
     region = dense_lung_region(lungs, hu, within=outside)
-    pixel_mm = min(lungs.spacing_mm[1], lungs.spacing_mm[2]) * factor
+    pixel_mm = min(grid.pixel_mm)
     added_left, added_right = outside & region.left, outside & region.right
     if min_thickness_mm > 0:
         thickness_px = min_thickness_mm / pixel_mm
@@ -389,16 +412,14 @@ def add_dense_lung(
     added_left = _fill_slices(left_small | added_left) & region.left  # the region holds no aerated lung
     added_right = _fill_slices(right_small | added_right) & region.right
     return LungMasks(
-        left=_with_blocks(lungs.left, added_left, factor),
-        right=_with_blocks(lungs.right, added_right, factor),
-        spacing_mm=lungs.spacing_mm,
+        left=_with_blocks(lungs.left, added_left, grid), right=_with_blocks(lungs.right, added_right, grid), grid=grid
     )
 
 
-def _with_blocks(mask: np.ndarray, blocks: np.ndarray, factor: int) -> np.ndarray:
+def _with_blocks(mask: np.ndarray, blocks: np.ndarray, grid: WorkGrid) -> np.ndarray:
     """A copy of the voxel-grid ``mask`` with the working-grid ``blocks`` set."""
     out = mask.copy()
-    fill_blocks(out, blocks, factor, True)
+    grid.fill_blocks(out, blocks, True)
     return out
 
 

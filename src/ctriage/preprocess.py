@@ -1,6 +1,10 @@
-"""HU windows, [0, 1] normalisation and the ~2 mm working grid (subsample, block counts, upsample)."""
+"""HU windows, [0, 1] normalisation and the ~2 mm working grid (:class:`WorkGrid`: subsample, block counts,
+upsample, boxes with a margin in mm)."""
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -93,3 +97,81 @@ def fill_blocks(array: np.ndarray, blocks: np.ndarray, factor: int, value: bool 
             rows = slice(ys.start * factor + i, ys.stop * factor, factor)
             cols = slice(xs.start * factor + j, xs.stop * factor, factor)
             array[zs, rows, cols][part] = value
+
+
+@dataclass(frozen=True)
+class WorkGrid:
+    """A voxel grid of ``spacing_mm`` (z, y, x) and its working grid of about ``WORK_PIXEL_MM``: blocks of
+    ``z_factor`` slices x ``factor`` x ``factor`` pixels (see :func:`work_grid_factor`, :func:`work_grid_z_factor`).
+
+    Built once per volume (:meth:`of`) and passed to the steps that compute masks on the working grid.
+    """
+
+    spacing_mm: tuple[float, float, float]
+    factor: int
+    z_factor: int
+
+    @classmethod
+    def of(cls, spacing_mm: tuple[float, float, float]) -> WorkGrid:
+        """The working grid of a voxel grid of ``spacing_mm`` (z, y, x) mm."""
+        spacing = (float(spacing_mm[0]), float(spacing_mm[1]), float(spacing_mm[2]))
+        return cls(spacing, work_grid_factor(spacing), work_grid_z_factor(spacing))
+
+    @property
+    def work_spacing_mm(self) -> tuple[float, float, float]:
+        """Voxel size (z, y, x) in mm of the working grid."""
+        z, y, x = self.spacing_mm
+        return (z * self.z_factor, y * self.factor, x * self.factor)
+
+    @property
+    def pixel_mm(self) -> tuple[float, float]:
+        """In-plane pixel size (y, x) in mm of the working grid."""
+        return (self.spacing_mm[1] * self.factor, self.spacing_mm[2] * self.factor)
+
+    @property
+    def voxel_ml(self) -> float:
+        """Volume of one voxel of the voxel grid in mL."""
+        return float(np.prod(self.spacing_mm)) / 1000.0
+
+    @property
+    def slices(self) -> slice:
+        """The middle slice of each group of ``z_factor`` slices: the voxel grid's slices on the working grid."""
+        return slice(self.z_factor // 2, None, self.z_factor)
+
+    def subsample(self, volume: np.ndarray) -> np.ndarray:
+        """:func:`subsample` of a (z, y, x) array onto the working grid, slices included."""
+        return subsample(volume, self.factor, self.z_factor)
+
+    def subsample_in_plane(self, volume: np.ndarray) -> np.ndarray:
+        """:func:`subsample` of a (z, y, x) array in-plane only (every slice kept)."""
+        return subsample(volume, self.factor)
+
+    def upsample(self, mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """:func:`upsample` of a working-grid mask from :meth:`subsample` back to the voxel grid's ``shape``."""
+        return upsample(mask, self.factor, shape, self.z_factor)
+
+    def upsample_in_plane(self, mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """:func:`upsample` of a mask from :meth:`subsample_in_plane` back to ``shape``."""
+        return upsample(mask, self.factor, shape)
+
+    def upsample_slices(self, mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """A mask on the slices :attr:`slices` back onto every slice of ``shape`` (each slice takes the mask of its
+        group's analysed slice); in-plane untouched."""
+        return upsample(mask, 1, shape, self.z_factor)
+
+    def block_counts(self, mask: np.ndarray) -> np.ndarray:
+        """:func:`block_counts` of a bool (z, y, x) mask over the in-plane blocks."""
+        return block_counts(mask, self.factor)
+
+    def fill_blocks(self, array: np.ndarray, blocks: np.ndarray, value: bool | int) -> None:
+        """:func:`fill_blocks`: set the voxels of the in-plane working-grid ``blocks`` of ``array`` to ``value``."""
+        fill_blocks(array, blocks, self.factor, value)
+
+
+def grown_box(plane: np.ndarray, margin_mm: float, pixel_mm: tuple[float, float]) -> tuple[slice, slice]:
+    """Bounding box (rows, cols) of the non-zero pixels of a 2D mask with pixels ``pixel_mm`` (y, x) mm, grown by
+    ``margin_mm`` (rounded up to whole pixels) on every side and cut at the plane's edges."""
+    rows, cols = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    reach = [math.ceil(margin_mm / size) for size in pixel_mm]
+    return (slice(max(rows[0] - reach[0], 0), rows[-1] + 1 + reach[0]),
+            slice(max(cols[0] - reach[1], 0), cols[-1] + 1 + reach[1]))

@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-GGO, CONSOLIDATION = 1, 2
+from ctriage.labels import LesionLabel
+
 # CT-0..CT-4 upper bounds of the lesion percentage of the worse lung (Morozov et al., used by Goncharov et al.)
 CT_CATEGORY_BOUNDS_PERCENT = (25.0, 50.0, 75.0)
 
@@ -52,8 +53,8 @@ def ct_category(max_ratio: float) -> int:
 
 def _lung_severity(lung: np.ndarray, lesion_labels: np.ndarray, voxel_ml: float) -> LungSeverity:
     inside = lesion_labels[lung]
-    ggo = int(np.count_nonzero(inside == GGO))
-    consolidation = int(np.count_nonzero(inside == CONSOLIDATION))
+    ggo = int(np.count_nonzero(inside == LesionLabel.GGO))
+    consolidation = int(np.count_nonzero(inside == LesionLabel.CONSOLIDATION))
     lung_voxels = int(np.count_nonzero(lung))
     lesion = ggo + consolidation
     return LungSeverity(
@@ -68,8 +69,8 @@ def _lung_severity(lung: np.ndarray, lesion_labels: np.ndarray, voxel_ml: float)
 def quantify(
     lung_left: np.ndarray, lung_right: np.ndarray, lesion_labels: np.ndarray, spacing_mm: tuple[float, float, float]
 ) -> Severity:
-    """Quantify severity; ``lesion_labels`` is 0 background, 1 GGO, 2 consolidation (a binary 0/1 mask counts
-    as GGO). Lesion voxels outside both lungs are not counted: severity is lesion / lung within each lung."""
+    """Quantify severity; ``lesion_labels`` holds :class:`LesionLabel` values (a binary 0/1 mask counts as GGO).
+    Lesion voxels outside both lungs are not counted: severity is lesion / lung within each lung."""
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0
     left = _lung_severity(np.asarray(lung_left, bool), lesion_labels, voxel_ml)
     right = _lung_severity(np.asarray(lung_right, bool), lesion_labels, voxel_ml)

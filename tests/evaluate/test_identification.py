@@ -10,17 +10,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from ctriage.datasets import load_gray, read_labels_csv, sars_cov2_ct, ucsd_covid_ct
 from ctriage.evaluate.cli import app
-from ctriage.evaluate.identification import (
-    SliceScores,
-    load_gray,
-    lung_mask_2d,
-    pseudo_hu,
-    read_labels_csv,
-    sars_cov2_ct,
-    summarize,
-    ucsd_covid_ct,
-)
+from ctriage.evaluate.identification import SliceScores, lung_mask_2d, pseudo_hu, summarize
 from ctriage.preprocess import LESION_INPUT_WINDOW_HU, window
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"

@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from ctriage.datasets import read_reference
 from ctriage.evaluate import cli
-from ctriage.evaluate.segmentation import evaluate_folder, read_reference
+from ctriage.evaluate.segmentation import evaluate_folder
 
 SIZE = 8
 

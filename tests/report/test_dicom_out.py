@@ -10,8 +10,10 @@ import pydicom
 import pytest
 
 from ctriage.io import load_volume
-from ctriage.pipeline import StudyResult
+from ctriage.lungs import LungMasks
+from ctriage.preprocess import WorkGrid
 from ctriage.report.dicom_out import build_dicom_outputs, to_stored_grid, write_dicom_outputs
+from ctriage.result import Lesions, StudyResult
 from ctriage.severity import quantify
 from tests.conftest import TOTALSEG, require
 
@@ -41,8 +43,12 @@ def result_and_files():
     lesions = np.zeros(volume.shape, np.uint8)
     lesions[5, 100:150, 100:200] = 1
     lesions[6:8, 200:230, 300:400] = 2
-    severity = quantify(left, right, lesions, volume.spacing_mm)
-    return StudyResult(volume, left, right, lesions, severity), files
+    return _result(volume, left, right, lesions), files
+
+
+def _result(volume, left: np.ndarray, right: np.ndarray, lesions: np.ndarray) -> StudyResult:
+    lungs = LungMasks(left, right, WorkGrid.of(volume.spacing_mm))
+    return StudyResult(volume, lungs, Lesions(lesions, "given mask"), quantify(left, right, lesions, volume.spacing_mm))
 
 
 def test_seg_sr_sc_round_trip(result_and_files, tmp_path: Path):
@@ -55,7 +61,7 @@ def test_seg_sr_sc_round_trip(result_and_files, tmp_path: Path):
     for ds in (seg_ds, sr_ds, sc_ds):
         assert ds.StudyInstanceUID == source.StudyInstanceUID and ds.SeriesInstanceUID != source.SeriesInstanceUID
 
-    masks = (result.lesion_mask == 1, result.lesion_mask == 2, result.lung_right, result.lung_left)
+    masks = (result.lesions.mask == 1, result.lesions.mask == 2, result.lungs.right, result.lungs.left)
     frames = sum(int(m.reshape(m.shape[0], -1).any(axis=1).sum()) for m in masks)
     assert seg_ds.NumberOfFrames == frames < 4 * len(files)  # only frames where a segment is present
     seg = hd.seg.Segmentation.from_dataset(seg_ds)
@@ -63,7 +69,7 @@ def test_seg_sr_sc_round_trip(result_and_files, tmp_path: Path):
         "Ground-glass opacity", "Consolidation", "Right lung", "Left lung"]
     ggo = seg.get_pixels_by_source_instance([source.file_meta.MediaStorageSOPInstanceUID], segment_numbers=[1])
     assert ggo.shape == (1, 512, 512, 1)
-    np.testing.assert_array_equal(ggo[0, :, :, 0], result.lesion_mask[5] == 1)
+    np.testing.assert_array_equal(ggo[0, :, :, 0], result.lesions.mask[5] == 1)
 
     sr = hd.sr.Comprehensive3DSR.from_dataset(sr_ds)
     groups = sr.content.get_volumetric_roi_measurement_groups()
@@ -81,11 +87,9 @@ def test_seg_sr_sc_round_trip(result_and_files, tmp_path: Path):
 def test_seg_references_only_the_slices_holding_segments(result_and_files):
     """Lungs and lesions on slices 5..7 only: the SEG references those three slices, one frame per segment there."""
     result, files = result_and_files
-    right, left = np.zeros_like(result.lung_right), np.zeros_like(result.lung_left)
-    right[5:8], left[5:8] = result.lung_right[5:8], result.lung_left[5:8]
-    lesions = result.lesion_mask.copy()
-    severity = quantify(left, right, lesions, result.volume.spacing_mm)
-    seg = build_dicom_outputs(StudyResult(result.volume, left, right, lesions, severity), files)[0]
+    right, left = np.zeros_like(result.lungs.right), np.zeros_like(result.lungs.left)
+    right[5:8], left[5:8] = result.lungs.right[5:8], result.lungs.left[5:8]
+    seg = build_dicom_outputs(_result(result.volume, left, right, result.lesions.mask.copy()), files)[0]
     referenced = {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
     assert referenced == {pydicom.dcmread(f).file_meta.MediaStorageSOPInstanceUID for f in files[5:8]}
     assert seg.NumberOfFrames == 1 + 2 + 3 + 3  # GGO on 5, consolidation on 6 and 7, both lungs on 5..7

@@ -87,7 +87,7 @@ def with_lesions(analyze, blocks: dict[int, int]):
         result = analyze(path, progress=progress)
         for z, label in blocks.items():
             size = 200 if label == 1 else 20
-            result.lesion_mask[z, 100:100 + size, 100:100 + size] = label
+            result.lesions.mask[z, 100:100 + size, 100:100 + size] = label
         return result
 
     return run

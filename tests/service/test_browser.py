@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 
+from ctriage.report.images import CONSOLIDATION_RGB, GGO_RGB
 from ctriage.service.api import create_app
 from ctriage.service.auth import add_user
 from ctriage.service.db import AuditEvent, Study, requeue
@@ -216,3 +217,5 @@ def test_mpr_panel_loads_the_ct_and_lesions_in_niivue(server, page):
     assert [name for name, _ in volumes] == ["ct.nii.gz", "lesions.nii.gz"]
     assert volumes[0][1] == volumes[1][1]  # the CT and its labels on one grid
     assert page.evaluate("window.mprViewer.opts.sliceType") == page.evaluate("window.mprViewer.sliceTypeMultiplanar")
+    lut = page.evaluate("Array.from(window.mprViewer.volumes[1].colormapLabel.lut.slice(0, 12))")  # RGBA per label
+    assert lut == [0, 0, 0, 0, *GGO_RGB, 255, *CONSOLIDATION_RGB, 255]  # the slice overlay's colours

@@ -70,7 +70,7 @@ def analyze_with_lungs(analyze):
         if len(list(path.rglob("*.dcm"))) == 20:
             return analyze(path, progress)
         result = analyze_path(path, progress=progress)
-        result.lung_right[:, 200:300, 100:200] = True
+        result.lungs.right[:, 200:300, 100:200] = True
         return result
 
     return run

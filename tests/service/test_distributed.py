@@ -184,7 +184,7 @@ def test_outcome_of_a_worker_that_lost_its_lease_is_discarded(distributed: Servi
     claimed = claim_study(front.sessions, study_id, slow.name, lease_s=-1.0)  # its lease has run out already
     assert Dispatcher(distributed, front.sessions, lambda _: None, lambda: 0).requeue_lost() == 1
     assert fast.handle(study_id) == "analysed"
-    slow._finish(claimed, {"study": {}}, Path(claimed.path).parent, "", "")  # the first worker wakes up late
+    slow._finish(claimed, None, Path(claimed.path).parent, "", "")  # the first worker wakes up late: not read
     (study,) = studies(front.sessions)
     assert (study.status, study.worker, study.attempts) == (DONE, "host-b:2", 2)
     assert [a.attempt for a in analyses(front.sessions)] == [2]

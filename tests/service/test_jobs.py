@@ -152,6 +152,7 @@ def test_results_are_sent_to_the_destination_and_replaced_by_a_reanalysis(config
     assert requeue(service.sessions, study.id)  # analysed again: the new objects replace the ones sent
     service.worker.run_once()
     first, second = {ds.Modality: ds for ds in received[:3]}, {ds.Modality: ds for ds in received[3:]}
+    assert _study(service).send_status.startswith("sent 4 objects"), _study(service).send_status
     for modality in ("SEG", "SR", "OT"):
         assert second[modality].SeriesInstanceUID == first[modality].SeriesInstanceUID, modality
         assert second[modality].SOPInstanceUID != first[modality].SOPInstanceUID
@@ -159,6 +160,20 @@ def test_results_are_sent_to_the_destination_and_replaced_by_a_reanalysis(config
     (predecessor,) = second["SR"].PredecessorDocumentsSequence
     assert predecessor.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == (
         first["SR"].SOPInstanceUID)
+    note = second["KO"]  # IHE IOCM rejection note for everything the re-analysis superseded
+    assert note.StudyInstanceUID == study.study_uid and note.InstanceNumber == 1
+    assert note.ConceptNameCodeSequence[0].CodeValue == "113001"  # Rejected for Quality Reasons
+    rejected = {ref.ReferencedSOPInstanceUID for series in note.CurrentRequestedProcedureEvidenceSequence[0]
+                .ReferencedSeriesSequence for ref in series.ReferencedSOPSequence}
+    assert rejected == {first[m].SOPInstanceUID for m in ("SEG", "SR", "OT")}
+
+    assert requeue(service.sessions, study.id)  # a third analysis: its note goes into the same series
+    service.worker.run_once()
+    third = {ds.Modality: ds for ds in received[7:]}
+    assert third["KO"].SeriesInstanceUID == note.SeriesInstanceUID and third["KO"].InstanceNumber == 2
+    assert {ref.ReferencedSOPInstanceUID for series in third["KO"].CurrentRequestedProcedureEvidenceSequence[0]
+            .ReferencedSeriesSequence for ref in series.ReferencedSOPSequence} == {
+        second[m].SOPInstanceUID for m in ("SEG", "SR", "OT")}
 
 
 def test_unreachable_destination_is_recorded(config, ct_series: Path, analyze):

@@ -252,11 +252,21 @@ def test_push_from_pacs_analysis_and_results_back(request, ct_series: Path, tmp_
 
     assert ctriage.post(f"/api/studies/{row['id']}/retry").status_code == 200  # a re-analysis replaces them
     row = _analysed(ctriage, study_uid, tmp_path / "ctriage.log", attempts=2)
-    assert row["send_status"].startswith("sent 3 objects"), row["send_status"]
+    assert row["send_status"].startswith("sent 4 objects"), row["send_status"]
     series = orthanc.http.post("/tools/find", json={"Level": "Series", "Query": {"StudyInstanceUID": study_uid},
                                                     "Expand": True}).json()
     by_modality = {s["MainDicomTags"]["Modality"]: len(s["Instances"]) for s in series}
-    assert by_modality == {"CT": 20, "SEG": 2, "SR": 2, "OT": 2}  # each result series holds both versions
+    # each result series holds both versions; an IOCM rejection note lists the three superseded ones
+    assert by_modality == {"CT": 20, "SEG": 2, "SR": 2, "OT": 2, "KO": 1}
+    (note_series,) = [s for s in series if s["MainDicomTags"]["Modality"] == "KO"]
+    note = orthanc.http.get(f"/instances/{note_series['Instances'][0]}/file").content
+    note = pydicom.dcmread(io.BytesIO(note))
+    rejected = {ref.ReferencedSOPInstanceUID for item in note.CurrentRequestedProcedureEvidenceSequence[0]
+                .ReferencedSeriesSequence for ref in item.ReferencedSOPSequence}
+    results = [orthanc.http.get(f"/instances/{i}/simplified-tags").json() for s in series
+               if s["MainDicomTags"]["Modality"] in ("SEG", "SR", "OT") for i in s["Instances"]]
+    assert note.ConceptNameCodeSequence[0].CodeValue == "113001"  # Rejected for Quality Reasons
+    assert rejected == {r["SOPInstanceUID"] for r in results if r["InstanceNumber"] == "1"}
 
 
 @pytest.mark.slow

@@ -22,7 +22,8 @@ def test_slices_come_back_exactly(tmp_path: Path):
     affine[0, 2], affine[1, 1], affine[2, 0], affine[3, 3] = 0.7, 0.7, -2.5, 1.0
     affine[2, 3] = 100.0  # patient z of the first slice, mm
     volume = CTVolume(hu=hu.copy(), spacing_mm=(2.5, 0.7, 0.7), affine=affine)
-    save_viewer(SimpleNamespace(volume=volume, lesion_mask=lesion, lung_labels=lungs), tmp_path)
+    result = SimpleNamespace(volume=volume, lesions=SimpleNamespace(mask=lesion), lungs=SimpleNamespace(labels=lungs))
+    save_viewer(result, tmp_path)
     viewer = open_viewer(str(tmp_path))
     assert viewer is not None and viewer.n_slices == 3
     assert [s["position_mm"] for s in viewer.slices] == [100.0, 97.5, 95.0]

@@ -23,13 +23,8 @@ def identification_command(
     """ROC AUC (95 % patient bootstrap CI) and sensitivity/specificity at the operating point, per source."""
     from rich.console import Console
 
-    from ctriage.evaluate.identification import (
-        lesion_model_segmenter,
-        read_labels_csv,
-        save_roc_png,
-        score_slices,
-        summarize,
-    )
+    from ctriage.datasets import read_labels_csv
+    from ctriage.evaluate.identification import lesion_model_segmenter, save_roc_png, score_slices, summarize
     from ctriage.identify import IdentificationModel
 
     scores = score_slices(read_labels_csv(labels, images), lesion_model_segmenter(), IdentificationModel())
@@ -121,7 +116,7 @@ def slices_command(
     if result.volume.slice_files is None:
         raise typer.BadParameter("slice labels need a single-frame DICOM series (file names per slice)")
     reference = read_slice_labels(labels, result.volume.slice_files, column)
-    agreement = slice_agreement(result.lesion_mask, result.volume.spacing_mm, reference, min_area_mm2)
+    agreement = slice_agreement(result.lesions.mask, result.volume.spacing_mm, reference, min_area_mm2)
     typer.echo(
         f"sensitivity {agreement.sensitivity:.3f} ({agreement.n_positive} labelled slices), "
         f"specificity {agreement.specificity:.3f} ({agreement.n_negative} unlabelled slices)"

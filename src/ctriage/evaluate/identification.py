@@ -1,13 +1,5 @@
-"""Labelled 2D slices for COVID-19 identification: dataset layouts, a 2D lung mask and slice scoring.
-
-Layouts read here:
-
-- a labels CSV (``path``, ``label`` 1 = COVID-19, optional ``patient_id``, ``source``, ``split_hint``), e.g.
-  ``shared/data/identification_slices/labels.csv``; paths are relative to the images folder;
-- UCSD COVID-CT (``CT_COVID/``, ``CT_NonCOVID/`` under ``Images-processed/`` or ``Images/``, with the
-  official ``Data-split/{COVID,NonCOVID}/{train,val,test}CT_*.txt`` lists and, when present,
-  ``NonCOVID-CT-MetaInfo.csv``);
-- SARS-CoV-2 CT-scan (Soares et al.): ``COVID/`` and ``non-COVID/`` folders, no patient ids.
+"""Labelled 2D slices for COVID-19 identification (read by :mod:`ctriage.datasets`): a 2D lung mask and slice
+scoring.
 
 The slices are 8-bit lung-window renderings without HU; :func:`pseudo_hu` maps them back onto the lesion
 model's input window so that the same study-level functions run on them.
@@ -15,7 +7,6 @@ model's input window so that the same study-level functions run on them.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,100 +16,14 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 from skimage.morphology import convex_hull_image
 
+from ctriage.datasets import LabelledSlice, load_gray
 from ctriage.evaluate.metrics import roc_auc, roc_curve, roc_summary, sensitivity_specificity
-from ctriage.evaluate.segmentation import IMAGE_SUFFIXES, load_gray
 from ctriage.identify import IdentificationModel, identify
 from ctriage.preprocess import LESION_INPUT_WINDOW_HU
 
 MIN_LUNG_AREA_FRACTION = 0.01  # a dark component smaller than 1 % of the image is not a lung
 NOMINAL_FOV_MM = 350.0  # a chest CT's usual display field of view, for slices without spacing
 CLOSING_FRACTION = 0.02  # closing radius as a fraction of the image's long side (takes in vessels, lesions)
-
-
-@dataclass(frozen=True)
-class LabelledSlice:
-    """One labelled image: ``path``, ``label`` (1 COVID-19, 0 not), patient id, source, split hint."""
-
-    path: Path
-    label: int
-    patient_id: str
-    source: str = ""
-    split: str = ""
-
-
-def read_labels_csv(labels_csv: Path, images_dir: Path) -> list[LabelledSlice]:
-    """Rows of a labels CSV; ``patient_id`` defaults to the image path (each image its own patient)."""
-    with Path(labels_csv).open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or not {"path", "label"} <= set(rows[0]):
-        raise ValueError(f"{labels_csv}: needs at least the columns 'path' and 'label'")
-    return [
-        LabelledSlice(
-            path=Path(images_dir) / row["path"],
-            label=int(row["label"]),
-            patient_id=row.get("patient_id") or row["path"],
-            source=row.get("source") or "",
-            split=row.get("split_hint") or "",
-        )
-        for row in rows
-    ]
-
-
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _ucsd_splits(root: Path) -> dict[str, str]:
-    """Image file name -> official split, from ``Data-split/*/{train,val,test}CT_*.txt``."""
-    splits = {}
-    for listing in sorted((root / "Data-split").glob("*/*.txt")):
-        split = listing.name.split("CT_")[0]
-        for name in listing.read_text().split():
-            splits[name] = split
-    return splits
-
-
-def _ucsd_noncovid_patients(root: Path) -> dict[str, str]:
-    """Image file name -> patient id from any ``NonCOVID-CT-MetaInfo.csv`` under ``root``."""
-    patients = {}
-    for meta in root.rglob("NonCOVID-CT-MetaInfo.csv"):
-        with meta.open(newline="", encoding="utf-8-sig") as handle:
-            for row in csv.reader(handle):
-                if len(row) >= 2 and row[0] and not row[0].lower().startswith("image"):
-                    patients[row[0]] = row[1]
-    return patients
-
-
-def ucsd_covid_ct(root: Path) -> list[LabelledSlice]:
-    """UCSD COVID-CT as released: COVID and NonCOVID folders, official split lists, NonCOVID patient meta.
-
-    Without a patient id (the COVID meta is an .xlsx), slices of one figure (``name%k``) share an id; the
-    official split lists are patient-level, so splitting by ``split`` keeps patients apart.
-    """
-    root = Path(root)
-    image_root = next((root / d for d in ("Images-processed", "Images") if (root / d).is_dir()), root)
-    splits, patients = _ucsd_splits(root), _ucsd_noncovid_patients(root)
-    out = []
-    for folder, label in (("CT_COVID", 1), ("CT_NonCOVID", 0)):
-        for path in _images(image_root / folder):
-            patient = patients.get(path.name) or path.stem.split("%")[0]
-            split = splits.get(path.name, "")
-            out.append(LabelledSlice(path, label, f"ucsd_{label}_{patient}", "ucsd_covid_ct", split))
-    return out
-
-
-def sars_cov2_ct(root: Path) -> list[LabelledSlice]:
-    """SARS-CoV-2 CT-scan dataset: ``COVID/`` and ``non-COVID/``; no patient ids, so each image is its own id.
-
-    Slices of one patient cannot be kept together: treat validation on it as slice-level, not patient-level.
-    """
-    root = Path(root)
-    folders = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
-    out = []
-    for name, label in (("covid", 1), ("non-covid", 0)):
-        for path in _images(folders[name]):
-            out.append(LabelledSlice(path, label, f"sarscov2_{name}_{path.stem}", "sars_cov2_ct"))
-    return out
 
 
 def pseudo_hu(gray: np.ndarray) -> np.ndarray:

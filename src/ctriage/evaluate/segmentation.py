@@ -1,4 +1,4 @@
-"""Lesion segmentation evaluation on 2D slice folders in the Inf-Net layout (Imgs/ + GT/ matched by file stem).
+"""Lesion segmentation evaluation on 2D slice folders in the Inf-Net layout (read by :mod:`ctriage.datasets`).
 
 Reference masks are palette (or grey) PNGs with 0 bg / 1 GGO / 2 consolidation, or binary 0/255 PNGs (lesion vs
 not; then only the binary lesion scores are defined). Images are 8-bit lung-window slices cropped to the lungs;
@@ -12,45 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from ctriage.datasets import load_gray, paired_files, read_reference
 from ctriage.evaluate.metrics import dice, sensitivity_specificity
+from ctriage.labels import LesionLabel
 from ctriage.lesions import INFERENCE_BATCH, predict_labels
 from ctriage.models.registry import ModelHandle
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 METRICS = ("dice_lesion", "dice_ggo", "dice_consolidation", "sensitivity", "specificity")
-
-
-def numeric_key(path: Path) -> tuple[int, str]:
-    """Sort key that orders '2.jpg' before '10.jpg' and falls back to the name."""
-    stem = path.stem
-    return (int(stem), stem) if stem.isdigit() else (1 << 30, stem)
-
-
-def paired_files(images_dir: Path, masks_dir: Path) -> list[tuple[Path, Path]]:
-    """(image, mask) pairs matched by file stem, in numeric-then-name order; images without a mask are skipped."""
-    masks = {p.stem: p for p in masks_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    images = sorted((p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=numeric_key)
-    return [(p, masks[p.stem]) for p in images if p.stem in masks]
-
-
-def load_gray(path: Path) -> np.ndarray:
-    """8-bit greyscale (H, W) uint8 of an image file (RGB/RGBA converted to luminance)."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("L"), np.uint8)
-
-
-def read_reference(path: Path) -> tuple[np.ndarray, bool]:
-    """(labels uint8 (h, w), multiclass). Palette PNGs and grey PNGs with values <= 2 are 0/1/2 label maps;
-    anything else is a binary mask thresholded at > 127 (label 1 = lesion, multiclass False)."""
-    image = Image.open(path)
-    if image.mode == "P":
-        return np.asarray(image, dtype=np.uint8), True
-    grey = np.asarray(image.convert("L"), dtype=np.uint8)
-    if grey.max() <= 2:
-        return grey, True
-    return (grey > 127).astype(np.uint8), False
 
 
 def score_image(reference: np.ndarray, multiclass: bool, predicted: np.ndarray) -> dict[str, float]:
@@ -60,8 +29,10 @@ def score_image(reference: np.ndarray, multiclass: bool, predicted: np.ndarray) 
     nan = float("nan")
     return {
         "dice_lesion": dice(reference > 0, predicted > 0),
-        "dice_ggo": dice(reference == 1, predicted == 1) if multiclass else nan,
-        "dice_consolidation": dice(reference == 2, predicted == 2) if multiclass else nan,
+        "dice_ggo": dice(reference == LesionLabel.GGO, predicted == LesionLabel.GGO) if multiclass else nan,
+        "dice_consolidation": (
+            dice(reference == LesionLabel.CONSOLIDATION, predicted == LesionLabel.CONSOLIDATION) if multiclass else nan
+        ),
         "sensitivity": sensitivity,
         "specificity": specificity,
     }
@@ -90,7 +61,7 @@ def pooled_dice(pairs: list[tuple[np.ndarray, bool, np.ndarray]]) -> dict[str, f
     multi = [(r, m, p) for r, m, p in pairs if m]
     ref_multi = np.concatenate([r.ravel() for r, _, _ in multi]) if multi else None
     pred_multi = np.concatenate([p.ravel() for _, _, p in multi]) if multi else None
-    for label, name in ((1, "dice_ggo"), (2, "dice_consolidation")):
+    for label, name in ((LesionLabel.GGO, "dice_ggo"), (LesionLabel.CONSOLIDATION, "dice_consolidation")):
         out[name] = None if ref_multi is None else dice(ref_multi == label, pred_multi == label)
     return out
 

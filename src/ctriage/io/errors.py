@@ -1,5 +1,11 @@
 """One exception type per kind of bad input; the CLI maps them to exit code 2, the service to a failed job."""
 
+__all__ = [  # every error here, exported as ``ctriage.<name>``
+    "InputError", "InputNotFoundError", "EmptyInputError", "CorruptFileError", "NotCTError", "IncompleteSeriesError",
+    "NotVolumeError", "UnsupportedTransferSyntaxError", "HeaderError", "NonFiniteValuesError", "NotHounsfieldError",
+    "SliceThicknessError", "OutputError",
+]
+
 
 class InputError(Exception):
     """Base class: the input cannot be analysed; the message says why, in words for a user."""

@@ -5,8 +5,9 @@ Layout of a models folder (the package's ``ctriage/models`` or a site folder)::
     weights/<name>.onnx     (or <name>.onnx at the top)
     cards/<name>.json
 
-A folder named by the environment variable ``CTRIAGE_MODEL_DIR`` is searched first, so a site can update a
-model without reinstalling the package. Sessions are cached per ONNX file (path and modification time).
+A folder given by the caller (``ctriage.Analyzer(models=folder)``) is searched first, then the folder named by the
+environment variable ``CTRIAGE_MODEL_DIR``, so a site can update a model without reinstalling the package.
+Sessions are cached per ONNX file (path and modification time).
 """
 
 from __future__ import annotations
@@ -72,23 +73,25 @@ def cached_session(onnx_path: str, mtime: float) -> ort.InferenceSession:
     return ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
 
 
-def search_dirs() -> list[Path]:
-    """Folders searched for models, in order: ``$CTRIAGE_MODEL_DIR`` (when set), then the package folder."""
+def search_dirs(first: Path | None = None) -> list[Path]:
+    """Folders searched for models, in order: ``first`` (when given), ``$CTRIAGE_MODEL_DIR`` (when set), then the
+    package folder."""
     site = os.environ.get(MODEL_DIR_ENV)
-    return ([Path(site)] if site else []) + [PACKAGE_MODEL_DIR]
+    return ([Path(first)] if first is not None else []) + ([Path(site)] if site else []) + [PACKAGE_MODEL_DIR]
 
 
-def find_model_files(name: str) -> tuple[Path, Path]:
-    """(ONNX path, card path) of model ``name`` from the first folder that holds both."""
-    for folder in search_dirs():
+def find_model_files(name: str, first: Path | None = None) -> tuple[Path, Path]:
+    """(ONNX path, card path) of model ``name`` from the first folder of :func:`search_dirs` that holds both."""
+    for folder in search_dirs(first):
         card = folder / "cards" / f"{name}.json"
         for onnx in (folder / "weights" / f"{name}.onnx", folder / f"{name}.onnx"):
             if onnx.is_file() and card.is_file():
                 return onnx, card
-    raise ModelNotFoundError(f"model {name!r} not found in {', '.join(map(str, search_dirs()))}")
+    raise ModelNotFoundError(f"model {name!r} not found in {', '.join(map(str, search_dirs(first)))}")
 
 
-def load_model(name: str) -> ModelHandle:
-    """The model called ``name`` (e.g. "lesions") with a cached ONNX Runtime CPU session."""
-    onnx_path, card_path = find_model_files(name)
+def load_model(name: str, first: Path | None = None) -> ModelHandle:
+    """The model called ``name`` (e.g. "lesions") with a cached ONNX Runtime CPU session, from the folder ``first``
+    when it holds it, else from ``$CTRIAGE_MODEL_DIR`` or the package (see :func:`search_dirs`)."""
+    onnx_path, card_path = find_model_files(name, first)
     return ModelHandle.from_files(onnx_path, json.loads(card_path.read_text()))

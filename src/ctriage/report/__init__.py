@@ -12,12 +12,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from PIL import Image
+
 from ctriage.io.errors import OutputError
 from ctriage.io.nifti import save_nifti
-from ctriage.report.images import most_affected_slices, render_slice, severity_projection
+from ctriage.report.images import most_affected_slices, render_slice
 
 if TYPE_CHECKING:
-    from ctriage.pipeline import StudyResult
+    from ctriage.result import StudyResult
 
 
 MIN_FREE_MIB = 64  # a study's outputs: masks (1-10 MB gzipped) and pictures (about 1 MB), with a margin
@@ -77,7 +79,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
-def write_outputs(result: StudyResult, outdir: Path) -> dict[str, Path]:
+def write_outputs(result: StudyResult, outdir: Path | str) -> dict[str, Path]:
     """Write report.json, lungs.nii.gz (1 right, 2 left), lesions.nii.gz (1 GGO, 2 consolidation),
     overlay_<slice>.png for the most affected slices and projection.png into ``outdir``.
 
@@ -87,7 +89,7 @@ def write_outputs(result: StudyResult, outdir: Path) -> dict[str, Path]:
     prepare_outdir(outdir, min_free_mib=0)  # the free space was checked before the analysis, where it matters
     volume = result.volume
     paths = _write_images(result, outdir)
-    for name, mask in (("lungs", result.lung_labels), ("lesions", result.lesion_mask)):
+    for name, mask in (("lungs", result.lungs.labels), ("lesions", result.lesions.mask)):
         paths[name] = outdir / f"{name}.nii.gz"
         with atomic_path(paths[name]) as temporary:
             save_nifti(mask, volume.affine, temporary)
@@ -106,19 +108,15 @@ def write_outputs(result: StudyResult, outdir: Path) -> dict[str, Path]:
 
 def _write_images(result: StudyResult, outdir: Path) -> dict[str, Path]:
     """Overlay PNGs of the most affected slices and the severity projection; returns their paths by name."""
-    volume = result.volume
+    volume, lesion_mask = result.volume, result.lesions.mask
     paths: dict[str, Path] = {}
-    lung_labels = result.lung_labels
-    for k in most_affected_slices(result.lesion_mask):
-        image = render_slice(volume.hu_at(k), result.lesion_mask[k], lung2d=lung_labels[k] > 0)
+    for k in most_affected_slices(lesion_mask):
+        image = render_slice(volume.hu_at(k), lesion_mask[k], lung2d=result.lungs.labels[k] > 0)
         path = outdir / f"overlay_{k:04d}.png"
         with atomic_path(path) as temporary:
             image.save(temporary, compress_level=1)  # fast; PNG is lossless at every level
         paths[f"overlay_{k:04d}"] = path
-    grid = result.analysed_slices  # the masks repeat between analysed slices: their HU is enough
-    projection = severity_projection(volume.hu_at(grid), lung_labels[grid] > 0, result.lesion_mask[grid],
-                                     result.analysed_spacing_mm)
     paths["projection"] = outdir / "projection.png"
     with atomic_path(paths["projection"]) as temporary:
-        projection.save(temporary, compress_level=1)
+        Image.fromarray(result.projection).save(temporary, compress_level=1)
     return paths

@@ -5,14 +5,16 @@ All three reference the analysed CT series, so a PACS files them in the same stu
 canonical (z, y, x) grid; they are mapped back onto each source slice's stored pixel grid before encoding.
 
 A re-analysis replaces the objects sent before: each new object goes into the series of the one it replaces with
-the next instance number, and the new SR lists the SR it supersedes as its predecessor document.
+the next instance number, the new SR lists the SR it supersedes as its predecessor document, and an IHE IOCM
+rejection note (a key object selection document titled "Rejected for Quality Reasons") lists every superseded SEG,
+SR and SC, so that a PACS that follows IOCM hides them and any other shows which objects are withdrawn.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import highdicom as hd
 import numpy as np
@@ -22,11 +24,17 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 import ctriage
+from ctriage.labels import LesionLabel
 from ctriage.report.images import CONSOLIDATION_RGB, GGO_RGB, LUNG_EDGE_RGB
+
+if TYPE_CHECKING:
+    from ctriage.result import StudyResult
+    from ctriage.severity import LungSeverity
 
 MANUFACTURER = "ctriage"
 PRIVATE_SCHEME = "99CTRIAGE"
-SEG_SERIES_NUMBER, SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9701, 9702, 9703
+SEG_SERIES_NUMBER, SR_SERIES_NUMBER, SC_SERIES_NUMBER, REJECTION_SERIES_NUMBER = 9701, 9702, 9703, 9704
+OUTPUT_FILES = {"SEG": "seg.dcm", "SR": "sr.dcm", "OT": "sc.dcm", "KO": "rejected.dcm"}  # by Modality
 TYPE2_PATIENT_STUDY = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
     "ReferringPhysicianName", "StudyID", "AccessionNumber",
@@ -122,27 +130,27 @@ def _series(replaces: pydicom.Dataset | None) -> tuple[str, int]:
     return str(replaces.SeriesInstanceUID), int(replaces.get("InstanceNumber") or 0) + 1
 
 
-def _segment_masks(result: Any) -> tuple[Callable[[], np.ndarray], ...]:
+def _segment_masks(result: StudyResult) -> tuple[Callable[[], np.ndarray], ...]:
     """The masks of ``SEGMENTS`` in order, each computed when asked for (one full-size mask at a time)."""
     return (
-        lambda: result.lesion_mask == 1,
-        lambda: result.lesion_mask == 2,
-        lambda: result.lung_right,
-        lambda: result.lung_left,
+        lambda: result.lesions.mask == LesionLabel.GGO,
+        lambda: result.lesions.mask == LesionLabel.CONSOLIDATION,
+        lambda: result.lungs.right,
+        lambda: result.lungs.left,
     )
 
 
-def _slices_with_segments(result: Any) -> slice:
+def _slices_with_segments(result: StudyResult) -> slice:
     """The z range holding any lung or lesion voxel (every slice when there is none)."""
-    n_slices = result.lung_labels.shape[0]
-    per_slice = np.count_nonzero(result.lung_labels.reshape(n_slices, -1), axis=1)
-    per_slice += np.count_nonzero(result.lesion_mask.reshape(n_slices, -1), axis=1)
+    n_slices = result.lungs.labels.shape[0]
+    per_slice = np.count_nonzero(result.lungs.labels.reshape(n_slices, -1), axis=1)
+    per_slice += np.count_nonzero(result.lesions.mask.reshape(n_slices, -1), axis=1)
     present = np.flatnonzero(per_slice)
     return slice(int(present[0]), int(present[-1]) + 1) if present.size else slice(0, n_slices)
 
 
 def build_seg(
-    result: Any, sources: list[pydicom.Dataset], replaces: pydicom.Dataset | None = None
+    result: StudyResult, sources: list[pydicom.Dataset], replaces: pydicom.Dataset | None = None
 ) -> hd.seg.Segmentation:
     """DICOM SEG with GGO, consolidation, right and left lung as binary segments.
 
@@ -151,7 +159,7 @@ def build_seg(
     chest CT. The stacked array is built straight in the stored pixel grid, one segment at a time.
     """
     span = _slices_with_segments(result)
-    first = to_stored_grid(result.lesion_mask[span][:1], result.volume.affine, sources[0])
+    first = to_stored_grid(result.lesions.mask[span][:1], result.volume.affine, sources[0])
     stored = np.zeros((span.stop - span.start, *first.shape[1:], len(SEGMENTS)), np.uint8)
     for index, mask in enumerate(_segment_masks(result)):
         stored[..., index] = to_stored_grid(mask()[span], result.volume.affine, sources[0])
@@ -175,9 +183,9 @@ def build_seg(
 
 
 def _lung_group(
-    lung: Any, seg: hd.seg.Segmentation, segment_number: int, site: CodedConcept
+    lung: LungSeverity, seg: hd.seg.Segmentation, segment_number: int, site: CodedConcept
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
-    """Measurements of one lung (a ``severity.LungSeverity``) referencing its SEG segment."""
+    """Measurements of one lung referencing its SEG segment."""
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=site.meaning),
         referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, segment_number),
@@ -192,40 +200,35 @@ def _lung_group(
     )
 
 
-def _study_group(report: dict[str, Any]) -> hd.sr.MeasurementsAndQualitativeEvaluations | None:
-    """COVID-19 probability and CT-0..4 category of the whole study, where the report has them."""
-    measurements, evaluations = [], []
-    identification = report.get("identification") or {}
-    if identification.get("probability") is not None:
-        measurements.append(
-            hd.sr.Measurement(COVID_PROBABILITY, float(identification["probability"]), UCUM_NONE)
-        )
-    category = (report.get("severity") or {}).get("ct_category")
-    if category is not None:
-        value = CodedConcept(f"CT-{int(category)}", PRIVATE_SCHEME, f"CT-{int(category)}")
-        evaluations.append(hd.sr.QualitativeEvaluation(CT_CATEGORY, value))
-    if not measurements and not evaluations:
-        return None
+def _study_group(result: StudyResult) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """COVID-19 probability (where the study was identified) and CT-0..4 category of the whole study."""
+    measurements = []
+    if result.identification is not None:
+        measurements.append(hd.sr.Measurement(COVID_PROBABILITY, float(result.identification.probability), UCUM_NONE))
+    category = int(result.severity.ct_category)
+    evaluations = [hd.sr.QualitativeEvaluation(CT_CATEGORY, CodedConcept(f"CT-{category}", PRIVATE_SCHEME,
+                                                                         f"CT-{category}"))]
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="Study"),
         finding_type=codes.SCT.Lung,
         measurements=measurements or None,
-        qualitative_evaluations=evaluations or None,
+        qualitative_evaluations=evaluations,
     )
 
 
 def build_sr(
-    result: Any, sources: list[pydicom.Dataset], seg: hd.seg.Segmentation, replaces: pydicom.Dataset | None = None
+    result: StudyResult,
+    sources: list[pydicom.Dataset],
+    seg: hd.seg.Segmentation,
+    replaces: pydicom.Dataset | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """Measurement report (TID 1500): per-lung volumes and lesion share (referencing the SEG), scores; the SR it
     ``replaces`` (a header is enough) becomes its predecessor document."""
     groups: list[Any] = [
         _lung_group(result.severity.right, seg, 3, RIGHT_LUNG),
         _lung_group(result.severity.left, seg, 4, LEFT_LUNG),
+        _study_group(result),
     ]
-    study = _study_group(result.to_dict())
-    if study is not None:
-        groups.append(study)
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -273,33 +276,67 @@ def build_sc(
     )
 
 
+def build_rejection_note(
+    superseded: list[pydicom.Dataset], replaces: pydicom.Dataset | None = None
+) -> hd.ko.KeyObjectSelectionDocument:
+    """IHE IOCM rejection note for the ``superseded`` results (headers are enough, all of one study): a key object
+    selection document titled (113001, DCM) "Rejected for Quality Reasons", in the series of the note it
+    ``replaces``."""
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(), name="ctriage", manufacturer_name=MANUFACTURER
+        ),
+    )
+    content = hd.ko.KeyObjectSelection(
+        document_title=codes.DCM.RejectedForQualityReasons,
+        referenced_objects=superseded,
+        observer_device_context=observer,
+        description="ctriage results superseded by a re-analysis of the study",
+    )
+    series_uid, instance_number = _series(replaces)
+    return hd.ko.KeyObjectSelectionDocument(
+        evidence=superseded,
+        content=content,
+        series_instance_uid=series_uid,
+        series_number=REJECTION_SERIES_NUMBER,
+        sop_instance_uid=generate_uid(),
+        instance_number=instance_number,
+        manufacturer=MANUFACTURER,
+    )
+
+
 def build_dicom_outputs(
-    result: Any,
+    result: StudyResult,
     slice_files: list[Path],
     summary_rgb: np.ndarray | None = None,
     replaces: dict[str, pydicom.Dataset] | None = None,
 ) -> list[pydicom.Dataset]:
     """SEG, SR and (with ``summary_rgb``) a secondary capture for a study read from single-frame DICOM.
 
-    ``replaces``: the objects of an earlier analysis that these replace, by Modality ("SEG", "SR", "OT").
+    ``replaces``: the objects of an earlier analysis that these replace, by Modality ("SEG", "SR", "OT", and "KO"
+    for its rejection note); with any SEG, SR or SC among them, a rejection note listing those comes last.
     """
-    if len(slice_files) != result.lesion_mask.shape[0]:
-        raise ValueError(f"{len(slice_files)} source files for {result.lesion_mask.shape[0]} slices")
+    if len(slice_files) != result.lesions.mask.shape[0]:
+        raise ValueError(f"{len(slice_files)} source files for {result.lesions.mask.shape[0]} slices")
     replaces = replaces or {}
     sources = read_sources(slice_files)
     seg = build_seg(result, sources, replaces.get("SEG"))
     outputs: list[pydicom.Dataset] = [seg, build_sr(result, sources, seg, replaces.get("SR"))]
     if summary_rgb is not None:
         outputs.append(build_sc(summary_rgb, sources[0], replaces.get("OT")))
+    superseded = [replaces[modality] for modality in ("SEG", "SR", "OT") if modality in replaces]
+    if superseded:
+        outputs.append(build_rejection_note(superseded, replaces.get("KO")))
     return outputs
 
 
 def write_dicom_outputs(datasets: list[pydicom.Dataset], outdir: Path) -> list[Path]:
-    """Save ``datasets`` as seg.dcm / sr.dcm / sc.dcm under ``outdir``; returns the paths."""
+    """Save ``datasets`` under ``outdir`` by Modality as ``OUTPUT_FILES`` names them; returns the paths."""
     outdir.mkdir(parents=True, exist_ok=True)
     paths = []
     for ds in datasets:
-        path = outdir / f"{ {'SEG': 'seg', 'SR': 'sr'}.get(str(ds.Modality), 'sc') }.dcm"
+        path = outdir / OUTPUT_FILES[str(ds.Modality)]
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths

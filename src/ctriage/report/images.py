@@ -6,12 +6,14 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
+from ctriage.labels import LesionLabel
 from ctriage.preprocess import WINDOW_LUNG_HU, voxels_per_slice, window
 
 GGO_RGB = (255, 215, 0)  # yellow
 CONSOLIDATION_RGB = (230, 40, 40)  # red
 LUNG_EDGE_RGB = (60, 160, 255)
 OVERLAY_ALPHA = 0.45
+LESION_RGB = {LesionLabel.GGO: GGO_RGB, LesionLabel.CONSOLIDATION: CONSOLIDATION_RGB}
 
 
 def _grey(hu2d: np.ndarray, window_hu: tuple[float, float]) -> np.ndarray:
@@ -29,7 +31,7 @@ def render_slice(
     grey = _grey(hu2d, window_hu)
     rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
     if overlay and lesion2d is not None:
-        for label, colour in ((1, GGO_RGB), (2, CONSOLIDATION_RGB)):
+        for label, colour in LESION_RGB.items():
             where = lesion2d == label
             rgb[where] = (1 - OVERLAY_ALPHA) * rgb[where] + OVERLAY_ALPHA * np.asarray(colour, np.float32)
     if overlay and lung2d is not None:

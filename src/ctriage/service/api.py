@@ -30,6 +30,7 @@ from sqlalchemy.orm import selectinload
 
 from ctriage import triage
 from ctriage.models.registry import find_model_files
+from ctriage.report.images import LESION_RGB
 from ctriage.service import audit, auth
 from ctriage.service.db import DONE, INCOMPLETE, STATUSES, Review, Study, as_utc, requeue
 from ctriage.service.metrics import QueueCollector
@@ -327,6 +328,10 @@ def create_app(service: Service) -> FastAPI:
             "lesion_slices": np.flatnonzero(lesion_voxels).tolist(),  # z indices (head to feet) holding lesions
             "most_involved_slice": int(np.argmax(lesion_voxels)) if lesion_voxels.any() else None,
             "files": files,
+            # lesions.nii.gz values and the overlay colours, for the MPR viewer's label colour map
+            "lesion_labels": [
+                {"value": int(label), "name": label.name.lower(), "rgb": list(rgb)} for label, rgb in LESION_RGB.items()
+            ],
         }
 
     @app.get("/api/studies/{study_id}/slices/{index}.png")

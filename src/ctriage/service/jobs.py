@@ -13,13 +13,12 @@ import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from ctriage import __version__
 from ctriage.io.errors import IncompleteSeriesError, InputError
 from ctriage.service import pacs
 from ctriage.service.completeness import instance_count_reason, lung_cut_reason
@@ -39,12 +38,15 @@ from ctriage.service.db import (
 )
 from ctriage.service.viewer import save_viewer
 
+if TYPE_CHECKING:
+    from ctriage.result import StudyResult
+
 log = logging.getLogger(__name__)
 
-Analyze = Callable[..., Any]  # analyze_path(path, progress=...) -> StudyResult
+Analyze = Callable[..., "StudyResult"]  # analyze_path(path, progress=...) -> StudyResult
 
 
-def default_analyze(path: Path, progress: Callable[[str], None] | None = None) -> Any:
+def default_analyze(path: Path, progress: Callable[[str], None] | None = None) -> StudyResult:
     """The real pipeline (imported on first use so the service starts fast)."""
     from ctriage.pipeline import analyze_path
 
@@ -65,18 +67,17 @@ def grew_while_running(study: Study) -> bool:
     return study.started_at is not None and as_utc(study.last_instance_at) > as_utc(study.started_at)
 
 
-def model_version(report: dict[str, Any]) -> str:
-    """The software and model versions a report was made with, as one string ("ctriage 0.1.0; lesions 2; ...")."""
-    software = (report.get("software") or {}).get("version", "")
-    models = sorted((report.get("models") or {}).items())
-    return "; ".join([f"ctriage {software}", *(f"{stage} {version}" for stage, version in models)])[:256]
+def model_version(result: StudyResult) -> str:
+    """The software and model versions of an analysis, as one string ("ctriage 0.1.0; identification 3; ...")."""
+    models = sorted(result.models.items())
+    return "; ".join([f"ctriage {__version__}", *(f"{stage} {version}" for stage, version in models)])[:256]
 
 
-def incomplete_reasons(result: Any, expected_instances: dict[str, int] | None) -> list[str]:
+def incomplete_reasons(result: StudyResult, expected_instances: dict[str, int] | None) -> list[str]:
     """Why an analysed series is not complete: fewer instances than the PACS reported, lungs cut at an edge."""
-    slice_files = getattr(result.volume, "slice_files", None)
+    slice_files = result.volume.slice_files
     reasons = [instance_count_reason(Path(slice_files[0]).parent, expected_instances)] if slice_files else []
-    reasons.append(lung_cut_reason(result.lung_labels))
+    reasons.append(lung_cut_reason(result.lungs.labels))
     return [r for r in reasons if r]
 
 
@@ -144,7 +145,7 @@ class Worker:
             result = self.analyze(Path(study.path), progress=lambda stage: self._set(study.id, progress=stage))
             reasons = incomplete_reasons(result, study.expected_instances)
             result.warnings.extend(f"incomplete series: {reason}" for reason in reasons)
-            report = self._save(result, outdir)
+            self._save(result, outdir)
         except IncompleteSeriesError as exc:  # slices missing: analysed again when more instances arrive
             log.warning("study %s incomplete: %s", study.id, exc)
             self._end_without_result(study.id, INCOMPLETE, str(exc))
@@ -156,9 +157,7 @@ class Worker:
             log.error("analysis of study %s crashed:\n%s", study.id, traceback.format_exc())
             self._crashed(study.id, f"internal error: {type(exc).__name__}: {exc}")
             return
-        report["completeness"] = {"complete": not reasons, "reasons": reasons}
-        if reasons and report.get("identification"):
-            report["identification"]["reliable"] = False
+        result.set_completeness(reasons)  # in the database's report (the web UI), not in the report.json written
         release_freed_memory()
         # DICOM results are built only to be sent: for a complete series, with a destination
         dicom_problem = "" if reasons or self.config.destination is None else self._save_dicom(result, study, outdir)
@@ -167,19 +166,18 @@ class Worker:
             send_status = f"failed: cannot build DICOM results: {dicom_problem}"
         else:
             send_status = SENDING if will_send else ""
-        self._finish(study, report, outdir, send_status, "; ".join(reasons))
+        self._finish(study, result, outdir, send_status, "; ".join(reasons))
         if will_send:
             self.send_results(study.id)
 
-    def _save(self, result: Any, outdir: Path) -> dict[str, Any]:
-        """Write report files and the viewer's slices; returns the report dict."""
+    def _save(self, result: StudyResult, outdir: Path) -> None:
+        """Write report files and the viewer's slices."""
         from ctriage.report import write_outputs
 
         write_outputs(result, outdir)
         save_viewer(result, outdir)
-        return result.to_dict()
 
-    def _save_dicom(self, result: Any, study: Study, outdir: Path) -> str:
+    def _save_dicom(self, result: StudyResult, study: Study, outdir: Path) -> str:
         """Write SEG / SR / SC for single-frame DICOM input, replacing those of the study's latest earlier result;
         returns why that failed ("" when it did not).
 
@@ -187,15 +185,10 @@ class Worker:
         """
         from ctriage.report.dicom_out import build_dicom_outputs, write_dicom_outputs
 
-        slice_files = getattr(result.volume, "slice_files", None)
+        slice_files = result.volume.slice_files
         if not slice_files:
             return ""
-        projection = outdir / "projection.png"
-        summary = (
-            np.asarray(Image.open(projection).convert("RGB"))
-            if self.config.send_secondary_capture and projection.is_file()
-            else None
-        )
+        summary = result.projection if self.config.send_secondary_capture else None
         try:
             outputs = build_dicom_outputs(result, slice_files, summary, self._earlier_outputs(study.id))
             write_dicom_outputs(outputs, outdir / "dicom")
@@ -244,11 +237,9 @@ class Worker:
             study.status = RECEIVING if grew_while_running(study) else status
             study.error, study.progress, study.finished_at = reason, "", utcnow()
 
-    def _finish(self, claimed: Study, report: dict[str, Any], outdir: Path, send_status: str, reason: str) -> None:
+    def _finish(self, claimed: Study, result: StudyResult, outdir: Path, send_status: str, reason: str) -> None:
         """Store the result as the study's current one and mark earlier results superseded by it; a study that
         received new instances while running is analysed again later."""
-        severity = report.get("severity") or {}
-        identification = report.get("identification") or {}
         with self.sessions.begin() as session:
             study = self._owned(session, claimed.id)
             if study is None:
@@ -261,8 +252,8 @@ class Worker:
                 reason=reason,
                 result_dir=str(outdir),
                 n_instances=claimed.n_instances,
-                series_uid=str((report.get("study") or {}).get("series_instance_uid") or "")[:128],
-                model_version=model_version(report),
+                series_uid=str(result.volume.meta.series_instance_uid or "")[:128],
+                model_version=model_version(result),
             )
             session.add(analysis)
             session.flush()
@@ -274,11 +265,11 @@ class Worker:
             study.progress = ""
             study.finished_at = utcnow()
             study.result_dir = str(outdir)
-            study.report = report
-            study.probability = identification.get("probability")
-            study.ct_category = severity.get("ct_category")
-            study.max_ratio = severity.get("max_ratio")
-            analysed_series = str((report.get("study") or {}).get("series_description") or "")
+            study.report = result.to_dict()
+            study.probability = None if result.identification is None else result.identification.probability
+            study.ct_category = result.severity.ct_category
+            study.max_ratio = result.severity.max_ratio
+            analysed_series = str(result.volume.meta.series_description or "")
             study.series_description = analysed_series[:128] or study.series_description
             study.send_status = send_status
 

@@ -14,11 +14,14 @@ import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jpeg_ls
 import numpy as np
 import pydicom
+
+if TYPE_CHECKING:
+    from ctriage.result import StudyResult
 
 VIEWER_FILE = "viewer.zip"
 HU_OFFSET = 32768  # JPEG-LS codes unsigned samples: int16 HU + 32768 is lossless
@@ -41,12 +44,12 @@ def _npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def save_viewer(result: Any, outdir: Path) -> Path:
-    """Write ``viewer.zip`` for an analysis result (its volume, lesion_mask and lung_labels); returns its path."""
-    volume = result.volume
+def save_viewer(result: StudyResult, outdir: Path) -> Path:
+    """Write ``viewer.zip`` for an analysis result (its volume, lesion and lung labels); returns its path."""
+    volume, lesion_mask, lung_labels = result.volume, result.lesions.mask, result.lungs.labels
     n_slices = volume.shape[0]
     numbers = _instance_numbers(volume.slice_files, n_slices)
-    lesion_voxels = np.count_nonzero(result.lesion_mask.reshape(n_slices, -1), axis=1)
+    lesion_voxels = np.count_nonzero(lesion_mask.reshape(n_slices, -1), axis=1)
     slices = [
         {
             "position_mm": round(float((volume.affine @ np.array([z, 0.0, 0.0, 1.0]))[2]), 2),
@@ -62,7 +65,7 @@ def save_viewer(result: Any, outdir: Path) -> Path:
         for z in range(n_slices):
             hu = (volume.hu_at(z).astype(np.int32) + HU_OFFSET).astype(np.uint16)
             archive.writestr(f"hu/{z}.jls", jpeg_ls.encode(hu).tobytes())
-            labels = np.stack([result.lesion_mask[z], result.lung_labels[z]]).astype(np.uint8)
+            labels = np.stack([lesion_mask[z], lung_labels[z]]).astype(np.uint8)
             archive.writestr(f"labels/{z}.npy", _npy(labels), compress_type=zipfile.ZIP_DEFLATED, compresslevel=1)
     tmp.replace(path)
     return path

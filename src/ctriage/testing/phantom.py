@@ -9,6 +9,7 @@ from scipy import ndimage
 
 from ctriage.io.orientation import CANONICAL_DIRECTIONS_LPS
 from ctriage.io.volume import CTVolume, StudyMeta, affine_from_lps
+from ctriage.labels import LesionLabel
 
 HU_AIR, HU_FAT, HU_SOFT, HU_LUNG, HU_VESSEL, HU_BONE = -1000, -100, 40, -850, 40, 700
 HU_GGO, HU_CONSOLIDATION = -550, 30
@@ -80,13 +81,13 @@ def chest_phantom(
 
     for _ in range(ggo_blobs):
         region = blob(right, (4, 8, 8)) & (labels == 0)
-        labels[region] = 1
+        labels[region] = LesionLabel.GGO
     for _ in range(consolidation_blobs):
         region = blob(left, (3, 6, 6)) & (labels == 0)
-        labels[region] = 2
+        labels[region] = LesionLabel.CONSOLIDATION
     if peripheral_consolidation:
         edge = _ellipsoid(shape, (nz / 2, ny * 0.47, nx * 0.70 + lung_radii[2]), (nz * 0.25, ny * 0.12, nx * 0.07))
-        labels[edge & left] = 2
+        labels[edge & left] = LesionLabel.CONSOLIDATION
     hu[labels == 1] = HU_GGO
     hu[labels == 2] = HU_CONSOLIDATION
     noise = rng.normal(0, 15, shape).astype(np.int16)

@@ -145,7 +145,8 @@ def identification_command(
     ),
 ) -> None:
     """Fit the COVID-19 identification model (logistic over lesion-mask features), validate, export to ONNX."""
-    from ctriage.evaluate.identification import lesion_model_segmenter, read_labels_csv
+    from ctriage.datasets import read_labels_csv
+    from ctriage.evaluate.identification import lesion_model_segmenter
     from ctriage.models.registry import load_model
     from ctriage.train.identification import train, unseen_by_lesion_model
 

@@ -19,7 +19,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from ctriage.evaluate.segmentation import load_gray, numeric_key, paired_files, read_reference
+from ctriage.datasets import load_gray, numeric_key, paired_files, read_reference
 from ctriage.lesions import resize_labels
 
 MEDSEG_MULTICLASS = Path("medseg_infnet_2d/TrainingSet/MultiClassInfection-Train")

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 from scipy import optimize
 
-from ctriage.evaluate.identification import LabelledSlice, SliceSegmenter, slice_masks
+from ctriage.datasets import LabelledSlice
+from ctriage.evaluate.identification import SliceSegmenter, slice_masks
 from ctriage.evaluate.metrics import operating_point, roc_summary
 from ctriage.identify import lesion_features, model_inputs
 

@@ -23,6 +23,7 @@ from monai.losses import DiceCELoss
 from torch import nn
 
 from ctriage.evaluate.segmentation import score_image
+from ctriage.labels import LesionLabel
 from ctriage.train.data import SliceSet
 from ctriage.train.nets import MultitaskUNet, SpaceToDepthSegmenter
 
@@ -196,7 +197,7 @@ def run_stage(
         logits = net(images)
         loss = loss_fn(logits, labels)
         if head is not None and stage == "finetune":
-            has_consolidation = (labels == 2).flatten(1).any(1).float()
+            has_consolidation = (labels == LesionLabel.CONSOLIDATION).flatten(1).any(1).float()
             loss = loss + CLASS_HEAD_WEIGHT * F.binary_cross_entropy_with_logits(head.last_class_logit,
                                                                                  has_consolidation)
         optimiser.zero_grad()

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ctriage.evaluate.segmentation import load_gray
+from ctriage.datasets import load_gray
+from ctriage.labels import LesionLabel
 from ctriage.lesions import lung_crops, resize_labels
 from ctriage.train.data import SliceSet, lung_bounding_box, resize_image
 
@@ -40,7 +41,6 @@ SOFT_TISSUE_HU = 40
 FRAME_PX = 8  # soft-tissue frame around CTs cropped through the lungs, so that the body encloses them
 IDENTIFICATION_SLICES = Path("identification_slices")
 LUNA_SOURCE = "ucsd_luna16_noncovid"
-GGO, CONSOLIDATION = 1, 2
 MIN_CROP_LUNG_FRACTION = 0.05  # synthetic lesions go on crops whose lung covers at least this share
 
 
@@ -49,7 +49,7 @@ class LesionBlob:
     """Parameters of one synthetic lesion: ``kind`` GGO or CONSOLIDATION, ``radius_mm``, target ``hu`` and the
     opacity ``alpha`` in (0, 1] at its core."""
 
-    kind: int
+    kind: LesionLabel
     radius_mm: float
     hu: float
     alpha: float
@@ -58,8 +58,9 @@ class LesionBlob:
 def random_blob(rng: np.random.Generator) -> LesionBlob:
     """Draw a lesion: 60 % GGO (-750..-350 HU), 40 % consolidation (-100..+50 HU); radius 4..35 mm."""
     if rng.random() < 0.6:
-        return LesionBlob(GGO, float(rng.uniform(4, 35)), float(rng.uniform(-750, -350)), float(rng.uniform(0.6, 1)))
-    return LesionBlob(CONSOLIDATION, float(rng.uniform(4, 30)), float(rng.uniform(-100, 50)), 1.0)
+        return LesionBlob(LesionLabel.GGO, float(rng.uniform(4, 35)), float(rng.uniform(-750, -350)),
+                          float(rng.uniform(0.6, 1)))
+    return LesionBlob(LesionLabel.CONSOLIDATION, float(rng.uniform(4, 30)), float(rng.uniform(-100, 50)), 1.0)
 
 
 def blob_shape(
@@ -110,20 +111,20 @@ def insert_lesions(
         blob = random_blob(rng)
         radius_px = (blob.radius_mm / spacing_yx_mm[0], blob.radius_mm / spacing_yx_mm[1])
         weight = blob_shape(hu.shape, (int(centre[0]), int(centre[1])), radius_px, rng) * filled
-        if blob.kind == CONSOLIDATION and rng.random() < 0.5:
+        if blob.kind == LesionLabel.CONSOLIDATION and rng.random() < 0.5:
             rim = np.clip(ndimage.gaussian_filter(weight, max(radius_px) / 4) * 1.6, 0, 1) * filled
             rim_hu = float(rng.uniform(-700, -450))
             raised = out + 0.8 * rim * (rim_hu + 40 * texture - out)
             out = np.maximum(out, raised)
-            labels[(rim > 0.5) & (labels == 0)] = GGO
-        target = blob.hu + (40.0 if blob.kind == GGO else 25.0) * texture
+            labels[(rim > 0.5) & (labels == 0)] = LesionLabel.GGO
+        target = blob.hu + (40.0 if blob.kind == LesionLabel.GGO else 25.0) * texture
         blended = out + blob.alpha * weight * (target - out)
-        out = np.maximum(out, blended) if blob.kind == GGO else np.where(weight > 0, blended, out)
+        out = np.maximum(out, blended) if blob.kind == LesionLabel.GGO else np.where(weight > 0, blended, out)
         core = weight > 0.5
-        if blob.kind == GGO:  # the whole hazy area, vessels in it included, as a reader outlines it
-            labels[core & (labels == 0)] = GGO
+        if blob.kind == LesionLabel.GGO:  # the whole hazy area, vessels in it included, as a reader outlines it
+            labels[core & (labels == 0)] = LesionLabel.GGO
         else:
-            labels[core & (out > -300)] = CONSOLIDATION
+            labels[core & (out > -300)] = LesionLabel.CONSOLIDATION
     return out, labels
 
 
@@ -141,15 +142,15 @@ def ct_slices(ct_path: Path, size: int, rng: np.random.Generator, variants: int 
     from ctriage.io import load_volume
     from ctriage.lungs import segment_lungs
     from ctriage.pipeline import lesion_search_area
-    from ctriage.preprocess import LESION_INPUT_WINDOW_HU, window
+    from ctriage.preprocess import LESION_INPUT_WINDOW_HU, WorkGrid, window
 
     volume = load_volume(ct_path)
     hu, spacing = volume.hu, volume.spacing_mm
     if "cropped" in ct_path.name:
         hu = np.pad(hu, ((0, 0), (FRAME_PX, FRAME_PX), (FRAME_PX, FRAME_PX)), constant_values=SOFT_TISSUE_HU)
-    lungs = segment_lungs(hu, spacing)
+    lungs = segment_lungs(hu, WorkGrid.of(spacing))
     negatives, synthetic = ([], [], []), ([], [], [])
-    for crop in lung_crops(hu, lesion_search_area(lungs, spacing), spacing):
+    for crop in lung_crops(hu, lesion_search_area(lungs), spacing):
         name = f"{ct_path.name}:{crop.z}"
         for target, item in zip(negatives, (*_resized(crop.plane, None, size), name), strict=True):
             target.append(item)

@@ -24,7 +24,7 @@ function percent(ratio) {
 // The identification in plain words: what the probability says against the model's threshold.
 function identificationText(probability, threshold, positive, unreliable) {
   if (probability === null || probability === undefined) return "";
-  if (unreliable) return `not assessed: series incomplete (${percent(probability)})`;
+  if (unreliable) return `not assessed: lungs not wholly in the series (${percent(probability)})`;
   const against = threshold === null || threshold === undefined ? "" : `, threshold ${percent(threshold)}`;
   return (positive ? "COVID-19-like pattern" : "no COVID-19-like pattern") + ` (${percent(probability)}${against})`;
 }

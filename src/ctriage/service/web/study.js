@@ -1,7 +1,7 @@
 "use strict";
 // Study page: slice viewer over server-rendered PNGs, report figures, confirm / reject with comment.
 const studyId = new URLSearchParams(window.location.search).get("id");
-const state = { index: 0, count: 0, window: "lung", lesionSlices: [], slices: [] };
+const state = { index: 0, count: 0, window: "lung", lesionSlices: [], slices: [], lesionLabels: [] };
 
 function sliceUrl() {
   const overlay = $("overlay").checked ? 1 : 0;
@@ -110,6 +110,7 @@ async function load() {
     state.count = study.n_slices;
     state.lesionSlices = study.lesion_slices;
     state.slices = study.slices;
+    state.lesionLabels = study.lesion_labels;
     $("lesion-info").textContent = study.lesion_slices.length ? `${study.lesion_slices.length} slices with lesions`
       : "no lesions found";
     $("slider").max = state.count - 1;
@@ -165,9 +166,12 @@ async function openMpr() {
         cal_min: LUNG_WINDOW[0], cal_max: LUNG_WINDOW[1] },
       { url: `/api/studies/${studyId}/files/lesions.nii.gz`, name: "lesions.nii.gz", opacity: 0.5 },
     ]);
-    // labels as the slice viewer colours them: 1 ground-glass opacity (gold), 2 consolidation (red)
-    mpr.volumes[1].setColormapLabel({ R: [0, 255, 230], G: [0, 215, 40], B: [0, 0, 40], A: [0, 255, 255],
-      I: [0, 1, 2] });
+    // label values and colours as the slice viewer shows them (from the API: ctriage.labels.LesionLabel)
+    const labels = state.lesionLabels;
+    mpr.volumes[1].setColormapLabel({
+      R: [0, ...labels.map((l) => l.rgb[0])], G: [0, ...labels.map((l) => l.rgb[1])],
+      B: [0, ...labels.map((l) => l.rgb[2])], A: [0, ...labels.map(() => 255)], I: [0, ...labels.map((l) => l.value)],
+    });
     mpr.updateGLVolume();
     $("mpr-status").textContent = "";
     window.mprLoaded = true;  // read by the browser test

@@ -1,0 +1,22 @@
+"""The label numbers of ctriage's masks, in one place: lesion labels (lesion model, severity, identification,
+reports, DICOM SEG, evaluation, viewer) and lung labels (lungs.nii.gz, viewer)."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class LesionLabel(IntEnum):
+    """Voxel values of a lesion mask (uint8): the lesion model's classes and the reference masks' values."""
+
+    BACKGROUND = 0
+    GGO = 1  # ground-glass opacity
+    CONSOLIDATION = 2
+
+
+class LungLabel(IntEnum):
+    """Voxel values of a lung label map (uint8, lungs.nii.gz)."""
+
+    BACKGROUND = 0
+    RIGHT = 1
+    LEFT = 2
