@@ -194,11 +194,12 @@ def test_a_message_the_broker_lost_is_sent_again(distributed: ServiceConfig, pha
     front = Service.create(distributed)
     front.store.add_nifti(phantom, "phantom.nii.gz")
     dispatcher = front.dispatcher
+    assert dispatcher.waiting() == 0  # no queue on the broker yet: declared, empty
     assert dispatcher.run_once() == 1 and dispatcher.waiting() == 1
     assert dispatcher.run_once() == 0  # sent once
     redis.Redis.from_url(broker_url).flushall()  # the broker restarted without its append-only file
     assert dispatcher.resend_lost(after_s=60.0) == 0  # too early to tell from a message in a worker's hands
-    assert dispatcher.resend_lost(after_s=0.0) == 1 and dispatcher.run_once() == 1 and dispatcher.waiting() == 1
+    assert dispatcher.resend_lost(after_s=0.0) == 1 and dispatcher.dispatch_due() == 1 and dispatcher.waiting() == 1
     redis.Redis.from_url(broker_url).flushall()
 
 

@@ -65,9 +65,11 @@ def celery_app(config: ServiceConfig) -> Celery:
 
 
 def queue_length(app: Celery) -> int:
-    """Messages waiting in the analysis queue of ``app``'s broker (not counting those being worked on)."""
+    """Messages waiting in the analysis queue of ``app``'s broker (not counting those being worked on); declares
+    the queue as Celery does if the broker has none yet."""
     with app.connection_for_read() as connection:
-        return int(connection.default_channel.queue_declare(QUEUE, passive=True).message_count)
+        queue = app.amqp.queues[QUEUE].bind(connection.default_channel)
+        return int(queue.queue_declare().message_count)
 
 
 def worker_name() -> str:
@@ -123,8 +125,9 @@ class Dispatcher:
         were sent."""
         promote_quiet(self.sessions, self.config.quiet_period_s)
         self.requeue_lost()
-        self.resend_lost()
-        return self.dispatch_due()
+        sent = self.dispatch_due()
+        self.resend_lost()  # last: a broker that does not answer stops no other step (sent again next round)
+        return sent
 
     def requeue_lost(self) -> int:
         """Running studies whose lease expired go back to the queue, or to the dead letter after ``max_attempts``;
