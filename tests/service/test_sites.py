@@ -18,6 +18,7 @@ from ctriage.service.cli import app as cli_app
 from ctriage.service.config import load_config
 from ctriage.service.db import open_db
 from ctriage.service.runtime import Service
+from tests.conftest import REPO
 from tests.service.conftest import PASSWORD, logged_in, store_series
 
 
@@ -80,6 +81,8 @@ def test_sites_setting_from_toml_and_environment(tmp_path: Path):
         load_config(environ={"CTRIAGE_SITES": "north"})
     with pytest.raises(ValueError, match="database_url"):
         load_config(environ={"CTRIAGE_BROKER_URL": "redis://localhost:6379/0"})
+    example = load_config(REPO / "deploy" / "ctriage.toml", environ={})  # the distributed example is valid
+    assert example.distributed and example.site_of("REGIONPACS") == "region"
 
 
 def test_health_readiness_and_metrics_need_no_login(service: Service):

@@ -47,6 +47,10 @@ def write_durably(path: Path, data: bytes) -> bool:
     except FileExistsError:
         os.replace(tmp, path)
         return False
+    except OSError:  # a file system without hard links: new unless it exists (exact for one process only)
+        is_new = not path.exists()
+        os.replace(tmp, path)
+        return is_new
     os.unlink(tmp)
     return True
 
