@@ -15,8 +15,11 @@ from dataclasses import replace
 from itertools import count
 from pathlib import Path
 
+import pydicom
 import pytest
 import redis
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage
 from sqlalchemy import create_engine, select, text, update
 from sqlalchemy.exc import ProgrammingError
 
@@ -27,7 +30,7 @@ from ctriage.service.queue import Dispatcher, DistributedWorker, claim_study
 from ctriage.service.runtime import Service
 from ctriage.testing.cluster import kill_worker, phantom_nifti, start_worker
 from ctriage.testing.servers import ServerUnavailableError, postgres_server, redis_server
-from tests.service.conftest import store_series
+from tests.service.conftest import free_port
 
 pytestmark = pytest.mark.integration
 WAIT_S = 240.0  # for all studies of a test to be analysed on a busy 2-core machine
@@ -124,21 +127,34 @@ def test_worker_pool_survives_kill_9_mid_study(distributed: ServiceConfig, phant
     assert {s.site for s in done.values()} == {"SITE0", "SITE1"}
 
 
+def push(config: ServiceConfig, folder: Path) -> None:
+    """C-STORE the files of ``folder`` to the DICOM listener of ``config``, as the scanner SCANNER1."""
+    files = sorted(folder.iterdir())
+    syntax = pydicom.dcmread(files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID
+    scanner = AE(ae_title="SCANNER1")
+    scanner.add_requested_context(CTImageStorage, [syntax])
+    association = scanner.associate("127.0.0.1", config.dicom_port, ae_title=config.ae_title)
+    assert association.is_established
+    for path in files:
+        assert association.send_c_store(pydicom.dcmread(path)).Status == 0x0000
+    association.release()
+
+
 def test_two_front_ends_receiving_one_study_analyse_it_once(distributed: ServiceConfig, ct_series: Path, tmp_path):
     settings = replace(distributed, quiet_period_s=1.0, poll_interval_s=0.05)
-    fronts = [Service.create(settings), Service.create(settings)]  # one database, one shared data folder
+    fronts = [Service.create(replace(settings, dicom_port=free_port())) for _ in range(2)]  # one database, one folder
     sent: list[int] = []
     for front in fronts:
         send = front.dispatcher.send
         front.dispatcher.send = lambda study_id, send=send: (sent.append(study_id), send(study_id))
-        front.start(listen=False, periodic_pull=False)
+        front.start(periodic_pull=False)
     log = tmp_path / "worker.log"
     worker = start_worker(settings, log)
     try:
-        receivers = [threading.Thread(target=store_series, args=(front.store, ct_series)) for front in fronts]
-        for thread in receivers:
+        senders = [threading.Thread(target=push, args=(front.config, ct_series)) for front in fronts]
+        for thread in senders:  # the PACS routes the study to both front ends at once
             thread.start()
-        for thread in receivers:
+        for thread in senders:
             thread.join()
         wait_for(lambda: [s.status for s in studies(fronts[0].sessions)] == [DONE], "the study analysed", [log])
         time.sleep(1.0)  # a second dispatch, if there were one, would have been sent by now
@@ -148,7 +164,7 @@ def test_two_front_ends_receiving_one_study_analyse_it_once(distributed: Service
             front.stop()
     (study,) = studies(fronts[0].sessions)
     assert study.n_instances == len(list(ct_series.iterdir()))  # each instance counted once across both
-    assert len(sent) == 1 and study.attempts == 1
+    assert len(sent) == 1 and study.attempts == 1 and study.site == "SCANNER1"
     assert len(analyses(fronts[0].sessions)) == 1
 
 
