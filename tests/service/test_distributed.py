@@ -18,6 +18,8 @@ from pathlib import Path
 import pydicom
 import pytest
 import redis
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 from sqlalchemy import create_engine, select, text, update
@@ -25,7 +27,7 @@ from sqlalchemy.exc import ProgrammingError
 
 from ctriage.service.audit import record
 from ctriage.service.config import ServiceConfig
-from ctriage.service.db import DEAD_LETTER, DONE, QUEUED, RUNNING, Analysis, Study, as_utc, open_db, utcnow
+from ctriage.service.db import DEAD_LETTER, DONE, QUEUED, RUNNING, Analysis, Base, Study, as_utc, open_db, utcnow
 from ctriage.service.queue import Dispatcher, DistributedWorker, claim_study
 from ctriage.service.runtime import Service
 from ctriage.testing.cluster import kill_worker, phantom_nifti, start_worker
@@ -229,5 +231,7 @@ def test_migrations_run_once_for_concurrent_starts_and_keep_the_audit_append_onl
     record(opened[0], "login", user="someone")
     with opened[0]() as session:
         assert session.scalar(text("SELECT version_num FROM alembic_version")) == "0001"
+        context = MigrationContext.configure(session.connection())
+        assert compare_metadata(context, Base.metadata) == []  # the migrations make what db.py describes
         with pytest.raises(ProgrammingError, match="append-only"):
             session.execute(text("DELETE FROM audit_events"))

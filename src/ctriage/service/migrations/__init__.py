@@ -1,8 +1,11 @@
 """Alembic migrations of the service database on PostgreSQL (SQLite, one box, creates its tables itself).
 
 ``upgrade`` runs at every start of ``ctriage serve`` / ``ctriage worker``; a transaction-scoped advisory lock
-makes the front ends and workers that start together migrate one after the other. A new revision is written
-with ``alembic -x url=... revision --autogenerate`` from this folder's ``alembic.ini``-free setup, see ``config``.
+makes the front ends and workers that start together migrate one after the other. After a change to the models
+in ``db.py``, write the next revision with ``alembic.command.revision(config(connection), "what changed",
+autogenerate=True)`` over a connection to a PostgreSQL at the previous revision (``ctriage.testing.servers.
+postgres_server`` starts a scratch one, ``upgrade`` brings it there), and review the generated file; the
+distributed tests fail while the models and the migrations differ.
 """
 
 from __future__ import annotations
