@@ -105,7 +105,7 @@ def test_identify_on_real_slices_with_reference_lesion_masks(model: Identificati
         assert result.model_version == card["version"]  # the shipped card, read independently of the model
         assert result.threshold == pytest.approx(card["operating_point"]["threshold"])
     assert min(r.probability for r in covid) > clean.probability
-    assert all(r.positive for r in covid)  # measured 0.91 / 0.88 / 0.85 against the 0.34 operating point
+    assert all(r.positive for r in covid)  # each above the card's operating point
     assert not clean.positive
 
 

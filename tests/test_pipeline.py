@@ -22,8 +22,8 @@ from tests.conftest import A0001_DICOM, CAP001, NORMAL002_DICOM, P001_DICOM, P00
 # reached: 69 / 80 labelled slices carry lesion, 65 / 68 unlabelled ones do not; one slice of slack each
 P001_MIN_SENSITIVITY = 68 / 80
 P001_MIN_SPECIFICITY = 64 / 68
-# cap001 (community-acquired pneumonia): 46 of its 69 slices labelled clear carry no lesion; one slice of slack
-CAP001_MIN_SPECIFICITY = 45 / 69
+# cap001 (community-acquired pneumonia): 50 of its 69 slices labelled clear carry no lesion; one slice of slack
+CAP001_MIN_SPECIFICITY = 49 / 69
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def normal002_result():
 
 def test_p001_lungs_contain_the_lesions(p001_result):
     """The lung mask keeps diseased lung: of the lesion model's voxels in the lungs and the dense-lung region
-    beside them, >= 95 % end inside the final lung mask (measured 0.958; the rest are slivers under 5 mm thick
+    beside them, >= 95 % end inside the final lung mask (measured 0.981; the rest are slivers under 5 mm thick
     along the chest wall and findings beside the heart and the stomach, dropped as not lung), and every reported
     lesion voxel is inside the lungs."""
     result = p001_result
@@ -62,7 +62,7 @@ def test_p001_lungs_contain_the_lesions(p001_result):
     assert not (result.lesions.mask[~lung] > 0).any()
     left_ml, right_ml = result.severity.left.lung_ml, result.severity.right.lung_ml
     assert 2500 < left_ml < 3600 and 2500 < right_ml < 3600, (left_ml, right_ml)  # measured 3020 / 3095 mL
-    assert result.severity.lesion_ml >= 60.0  # measured 67.3 mL: a severity tool must not under-report
+    assert result.severity.lesion_ml >= 60.0  # measured 63.8 mL: a severity tool must not under-report
 
 
 def test_p001_slice_level_agreement(p001_result):
@@ -83,13 +83,13 @@ def test_p001_lesions_mainly_in_lower_zones(p001_result):
 
 def test_p001_reads_as_covid(p001_result):
     identification = p001_result.identification
-    assert identification is not None and identification.positive  # measured p = 0.56, threshold 0.38
+    assert identification is not None and identification.positive  # measured p = 0.65, threshold 0.42
     assert p001_result.severity.ct_category >= 1
 
 
 def test_a0001_tumour_is_not_severe_covid(a0001_result, p001_result):
-    """The adenocarcinoma study stays CT-1 with a small worse-lung ratio (measured 1.9 %) and scores below the
-    COVID-19 study (measured p = 0.48 vs 0.56; it is still above the threshold, see docs/identification.md)."""
+    """The adenocarcinoma study stays CT-1 with a small worse-lung ratio (measured 1.4 %) and scores below the
+    COVID-19 study (measured p = 0.50 vs 0.65; it is still above the threshold, see docs/identification.md)."""
     severity = a0001_result.severity
     assert severity.ct_category <= 1
     assert severity.max_ratio < 0.05
@@ -118,7 +118,7 @@ def test_normal_chest_reads_normal(normal002_result):
 
 def test_cap001_slice_specificity_and_below_covid(cap001_result, p001_result):
     """COVID-CT-MD cap001 (community-acquired pneumonia, never trained on): slice agreement with the
-    radiologists' infection labels at the figures reached (sensitivity 15 / 15, specificity 46 / 69; below the
+    radiologists' infection labels at the figures reached (sensitivity 15 / 15, specificity 50 / 69; below the
     0.85 aimed at, see docs/models.md) and an identification score below the COVID-19 study's."""
     reference = read_slice_labels(require(CAP001 / "slice_labels.csv"), cap001_result.volume.slice_files)
     agreement = slice_agreement(cap001_result.lesions.mask, cap001_result.volume.spacing_mm, reference)

@@ -144,20 +144,21 @@ def _keep_lungs(air: np.ndarray, small_hu: np.ndarray, voxel_ml: float) -> np.nd
 def bowel_gas(lung: np.ndarray, hu: np.ndarray, pixel_area_mm2: float) -> np.ndarray:
     """The sections of a lung mask (bool (z, y, x), over ``hu`` in HU) that are stomach or colon gas: below the
     largest lung section, at least ``GAS_MIN_AREA_MM2``, nearly pure air (see ``GAS_AIR_FRACTION``)."""
-    labels, count = label_slices(lung)
+    gas = np.zeros_like(lung)
+    below = int(np.argmax(voxels_per_slice(lung))) + 1
+    labels, count = label_slices(lung[below:])
     if count == 0:
-        return np.zeros_like(lung)
-    lowest_full = int(np.argmax(voxels_per_slice(lung)))
+        return gas
+    hu_below = hu[below:]
     area = np.bincount(labels.ravel(), minlength=count + 1)
-    index = np.flatnonzero(area * pixel_area_mm2 >= GAS_MIN_AREA_MM2)
-    index = index[index > 0]
-    gas = np.zeros(count + 1, bool)
-    if index.size:
-        median = np.asarray(ndimage.median(hu, labels, index=index))
-        below = np.bincount(labels[hu < GAS_HU], minlength=count + 1)[index] / area[index]
-        first_slice = np.array([box[0].start for box in ndimage.find_objects(labels)])[index - 1]
-        gas[index] = (median < LUNG_MIN_MEDIAN_HU) & (below > GAS_AIR_FRACTION) & (first_slice > lowest_full)
-    return gas[labels]
+    air = np.bincount(labels[hu_below < GAS_HU], minlength=count + 1)
+    candidate = (area * pixel_area_mm2 >= GAS_MIN_AREA_MM2) & (air > GAS_AIR_FRACTION * area)
+    candidate[0] = False
+    index = np.flatnonzero(candidate)
+    if index.size:  # the median only of the few nearly airless sections
+        candidate[index] = np.asarray(ndimage.median(hu_below, labels, index=index)) < LUNG_MIN_MEDIAN_HU
+    gas[below:] = candidate[labels]
+    return gas
 
 
 def _two_largest(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
