@@ -147,16 +147,18 @@ def main() -> None:
             best = min(runs, key=lambda r: r["total_s"])
             best["cli_s"] = min(cli_seconds(cpus, path, Path(scratch) / "out", env) for _ in range(args.repeats))
             rows.append((name, best))
-    from ctriage.cli import STAGES
+    from ctriage.cli import REPORT_STAGE
+    from ctriage.pipeline import STAGES
 
-    header = ("| case | " + " | ".join(STAGES)
+    stages = (*STAGES, REPORT_STAGE)
+    header = ("| case | " + " | ".join(stages)
               + " | total s | again in the same process s | process CPU s | peak RSS MiB | decoding worker MiB"
               " | `ctriage analyze` wall s |")
     print(f"{args.cores} cores ({cpus}), best of {args.repeats}, load average before: {os.getloadavg()[0]:.1f}\n")
     print(header)
-    print("|" + "---|" * (len(STAGES) + 7))
+    print("|" + "---|" * (len(stages) + 7))
     for name, run in rows:
-        cells = [f"{run['timings_s'].get(stage, 0.0):.2f}" for stage in STAGES]
+        cells = [f"{run['timings_s'].get(stage, 0.0):.2f}" for stage in stages]
         cells += [f"{run['total_s']:.2f}", f"{run['warm_total_s']:.2f}", f"{run['cpu_s']:.1f}",
                   f"{run['peak_rss_mib']:.0f}", f"{run['workers_peak_rss_mib']:.0f}", f"{run['cli_s']:.2f}"]
         print(f"| {name} | " + " | ".join(cells) + " |")
