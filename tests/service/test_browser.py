@@ -97,7 +97,7 @@ def test_worklist_study_scroll_overlay_confirm(server, page):
     row = page.locator("tr.row", has_text="CTRIAGE-TEST")
     row.wait_for()
     assert "done" in row.inner_text()
-    for shown in ("female, 64 y", "ACC001", "CT Body 3.0", "COVID-19-like pattern (", "threshold"):
+    for shown in ("female, 64 y", "ACC001", "CT Body 3.0", "SCANNER1", "COVID-19-like pattern (", "threshold"):
         assert shown in row.inner_text(), shown
     row.click()
 

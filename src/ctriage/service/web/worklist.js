@@ -28,6 +28,7 @@ function row(study, rank) {
     <td>${rank}</td><td>${text(personName(study.patient_name))} <span class="dim">${text(study.patient_id)}</span>
       <div class="dim">${text(person)}</div></td>
     <td>${text(study.study_date)}</td><td>${text(study.accession_number)}</td><td>${text(study.series_description)}</td>
+    <td>${text(study.site)}</td>
     <td class="status-${study.status}">${text(status)}${reason}</td>
     <td class="${study.positive && study.status === "done" ? "pos" : ""}">${text(ident)}</td>
     <td class="cat${study.ct_category ?? ""}">${study.ct_category === null ? "" : "CT-" + study.ct_category}</td>
@@ -36,7 +37,7 @@ function row(study, rank) {
 
 // Column sort on top of the policy order: highest first for scores, earliest first for dates.
 const sorting = { key: "rank" };
-const ASCENDING = new Set(["patient_id", "study_date", "status", "received_at"]);
+const ASCENDING = new Set(["patient_id", "study_date", "site", "status", "received_at"]);
 
 function sorted(studies) {
   const ranked = studies.map((s, i) => ({ ...s, rank: i + 1 }));
