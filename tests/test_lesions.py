@@ -140,12 +140,12 @@ def test_minor_findings_of_a_study_are_dismissed():
     or above it the labels stay as they are."""
     from ctriage.lesions import MIN_STUDY_LESION_ML, dismiss_minor_findings
 
-    spacing = (2.0, 1.0, 1.0)  # 2 uL voxels
+    grid = WorkGrid.of((2.0, 1.0, 1.0))  # 2 uL voxels
     labels = np.zeros((10, 40, 40), np.uint8)
     voxels = int(MIN_STUDY_LESION_ML * 1000 / 2)
     labels.reshape(-1)[: voxels - 1] = 1
-    cleared, dismissed = dismiss_minor_findings(labels, spacing)
+    cleared, dismissed = dismiss_minor_findings(labels, grid)
     assert not cleared.any() and dismissed == pytest.approx((voxels - 1) * 0.002)
     labels.reshape(-1)[voxels - 1] = 2
-    kept, dismissed = dismiss_minor_findings(labels, spacing)
+    kept, dismissed = dismiss_minor_findings(labels, grid)
     assert kept is labels and dismissed == 0.0

@@ -226,11 +226,12 @@ MIN_STUDY_LESION_ML = 3.0  # less lesion than this in a whole study is no findin
 
 
 def dismiss_minor_findings(
-    labels: np.ndarray, spacing_mm: tuple[float, float, float], min_total_ml: float = MIN_STUDY_LESION_ML
+    labels: np.ndarray, grid: WorkGrid, min_total_ml: float = MIN_STUDY_LESION_ML
 ) -> tuple[np.ndarray, float]:
-    """(labels, dismissed mL): a study whose lesions add up to less than ``min_total_ml`` mL reads as no finding,
-    its labels all 0 and their volume returned; otherwise the labels unchanged and 0.0."""
-    total_ml = float(np.count_nonzero(labels)) * float(np.prod(spacing_mm)) / 1000.0
+    """(labels, dismissed mL) for ``labels`` on the voxel grid ``grid``: a study whose lesions add up to less than
+    ``min_total_ml`` mL reads as no finding, its labels all 0 and their volume returned; otherwise the labels
+    unchanged and 0.0."""
+    total_ml = float(np.count_nonzero(labels)) * grid.voxel_ml
     if total_ml == 0.0 or total_ml >= min_total_ml:
         return labels, 0.0
     return np.zeros_like(labels), total_ml

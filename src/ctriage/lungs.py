@@ -237,10 +237,11 @@ def segment_lungs(hu: np.ndarray, grid: WorkGrid) -> LungMasks:
     """
     small = grid.subsample(hu)
     small_spacing = grid.work_spacing_mm
+    pixel_area_mm2 = small_spacing[1] * small_spacing[2]
     body = body_mask(small)
-    air = _remove_airways((small < AIR_HU) & body, small_spacing[1] * small_spacing[2])
+    air = _remove_airways((small < AIR_HU) & body, pixel_area_mm2)
     lungs = _keep_lungs(air, small, float(np.prod(small_spacing)) / 1000.0)
-    lungs &= ~bowel_gas(lungs, small, small_spacing[1] * small_spacing[2])
+    lungs &= ~bowel_gas(lungs, small, pixel_area_mm2)
     left, right = split_left_right(lungs)
     # holes of a slice are vessels and lesions, but not the top of a diaphragm dome ringed by basal lung: no
     # aerated lung lies under that in its column

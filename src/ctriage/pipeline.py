@@ -64,7 +64,7 @@ def lesions_in_lungs(
         return lungs, labels, 0.0
     from ctriage.lesions import dismiss_minor_findings, remove_small_lesions
 
-    return lungs, *dismiss_minor_findings(remove_small_lesions(labels, lungs.grid), lungs.spacing_mm)
+    return lungs, *dismiss_minor_findings(remove_small_lesions(labels, lungs.grid), lungs.grid)
 
 
 def lesion_search_area(lungs: LungMasks) -> np.ndarray:
