@@ -277,13 +277,12 @@ class DistributedWorker(Worker):
 
 
 def register_task(app: Celery, worker: Callable[[], DistributedWorker]) -> Any:
-    """Define the analysis task on ``app``, run by ``worker()`` (built once per worker process). Database outages
-    are retried by Celery with exponential back-off (up to 10 minutes apart)."""
+    """Define the analysis task on ``app``, run by ``worker()`` (built once per worker process); late
+    acknowledgement comes from :func:`celery_app`'s settings. Database outages are retried by Celery with exponential
+    back-off (up to 10 minutes apart)."""
 
     @app.task(
         name=TASK,
-        acks_late=True,
-        reject_on_worker_lost=True,
         autoretry_for=(OperationalError,),
         retry_backoff=True,
         retry_backoff_max=600,
