@@ -113,8 +113,8 @@ def figures(front: Service, args: argparse.Namespace, wall_s: float, kills: int)
     """Throughput, queue waits, failures, per-worker capacity, and the lost / twice-stored checks."""
     with front.sessions() as session:
         studies = list(session.scalars(select(Study)))
-        stored = Counter(session.scalars(select(Analysis.study_id)))
         analyses = list(session.scalars(select(Analysis)))
+    stored = Counter(a.study_id for a in analyses)
     waits = [(as_utc(s.started_at) - as_utc(s.received_at)).total_seconds() for s in studies if s.started_at]
     by_id = {s.id: s for s in studies}
     seconds = [  # the stored (last) attempt of each study: start to end of its analysis
