@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 from typer.testing import CliRunner
 
 from ctriage.service.api import create_app
@@ -93,8 +94,13 @@ def test_health_readiness_and_metrics_need_no_login(service: Service):
     assert client.get("/api/ready").json() == {
         "status": "ready", "checks": {"database": "ok", "data_dir": "ok"}
     }
+    ok = {"outcome": "ok"}
+    before = REGISTRY.get_sample_value("ctriage_analyses_total", ok) or 0.0  # the counters are process-wide
+    lungs_before = REGISTRY.get_sample_value("ctriage_analysis_stage_seconds_count", {"stage": "lungs"}) or 0.0
     service.worker.run_once()  # one analysis: its stages are timed
     metrics = client.get("/metrics").text
+    assert REGISTRY.get_sample_value("ctriage_analyses_total", ok) == before + 1
+    assert REGISTRY.get_sample_value("ctriage_analysis_stage_seconds_count", {"stage": "lungs"}) == lungs_before + 1
     assert "ctriage_queue_depth 2.0" in metrics
     assert 'ctriage_studies{status="done"} 1.0' in metrics
     assert 'ctriage_analysis_stage_seconds_count{stage="lungs"}' in metrics
