@@ -182,6 +182,16 @@ def build_seg(
     )
 
 
+def _device_observer() -> hd.sr.ObserverContext:
+    """ctriage as the observing device of an SR or a key object selection."""
+    return hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(), name="ctriage", manufacturer_name=MANUFACTURER
+        ),
+    )
+
+
 def _lung_group(
     lung: LungSeverity, seg: hd.seg.Segmentation, segment_number: int, site: CodedConcept
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
@@ -229,14 +239,8 @@ def build_sr(
         _lung_group(result.severity.left, seg, 4, LEFT_LUNG),
         _study_group(result),
     ]
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=generate_uid(), name="ctriage", manufacturer_name=MANUFACTURER
-        ),
-    )
     report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        observation_context=hd.sr.ObservationContext(observer_device_context=_device_observer()),
         procedure_reported=CHEST_CT,
         imaging_measurements=groups,
     )
@@ -282,16 +286,10 @@ def build_rejection_note(
     """IHE IOCM rejection note for the ``superseded`` results (headers are enough, all of one study): a key object
     selection document titled (113001, DCM) "Rejected for Quality Reasons", in the series of the note it
     ``replaces``."""
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=generate_uid(), name="ctriage", manufacturer_name=MANUFACTURER
-        ),
-    )
     content = hd.ko.KeyObjectSelection(
         document_title=codes.DCM.RejectedForQualityReasons,
         referenced_objects=superseded,
-        observer_device_context=observer,
+        observer_device_context=_device_observer(),
         description="ctriage results superseded by a re-analysis of the study",
     )
     series_uid, instance_number = _series(replaces)
