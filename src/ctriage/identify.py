@@ -103,7 +103,8 @@ def slice_counts(
     counts[:, LUNG_LEFT] = voxels_per_slice(left)
     counts[:, LUNG_RIGHT] = voxels_per_slice(right)
     lesion = lesion_mask > 0
-    counts[:, N_GGO] = voxels_per_slice((lesion_mask == LesionLabel.GGO) & (left | right))
+    # a np.uint8 label: against an IntEnum numpy casts the whole mask to int64 first
+    counts[:, N_GGO] = voxels_per_slice((lesion_mask == np.uint8(LesionLabel.GGO)) & (left | right))
     for side, column in ((left, LESION_LEFT), (right, LESION_RIGHT)):
         lesion_in_lung = lesion & side
         counts[:, column] = voxels_per_slice(lesion_in_lung)
