@@ -354,16 +354,21 @@ def claim_next(sessions: sessionmaker[Session]) -> Study | None:
         for study_id in session.scalars(
             select(Study.id).where(Study.status == QUEUED).order_by(Study.received_at)
         ):
-            claimed = session.execute(
-                update(Study)
-                .where(Study.id == study_id, Study.status == QUEUED)
-                .values(
-                    status=RUNNING, started_at=utcnow(), attempts=Study.attempts + 1, error="", progress=""
-                )
-            )
-            if claimed.rowcount == 1:
-                return session.get(Study, study_id)
+            study = claim(session, study_id)
+            if study is not None:
+                return study
     return None
+
+
+def claim(session: Session, study_id: int, **values: Any) -> Study | None:
+    """Atomically move study ``study_id`` from queued to running (one more attempt; ``values`` set too) in
+    ``session``; its row, or None when it was not queued (another worker has it, it is finished, or deleted)."""
+    claimed = session.execute(
+        update(Study)
+        .where(Study.id == study_id, Study.status == QUEUED)
+        .values(status=RUNNING, started_at=utcnow(), attempts=Study.attempts + 1, error="", progress="", **values)
+    )
+    return session.get(Study, study_id) if claimed.rowcount == 1 else None
 
 
 def requeue(sessions: sessionmaker[Session], study_id: int) -> bool:

@@ -32,7 +32,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ctriage.service.config import ServiceConfig
-from ctriage.service.db import DEAD_LETTER, QUEUED, RUNNING, Study, promote_quiet, utcnow
+from ctriage.service.db import DEAD_LETTER, QUEUED, RUNNING, Study, claim, promote_quiet, utcnow
 from ctriage.service.jobs import Analyze, Worker, default_analyze
 
 log = logging.getLogger(__name__)
@@ -190,24 +190,11 @@ class Dispatcher:
 def claim_study(sessions: sessionmaker[Session], study_id: int, worker: str, lease_s: float) -> Study | None:
     """Atomically move a queued study to running, held by ``worker`` for ``lease_s``; None when it is not queued
     (another worker has it, it is finished, or deleted)."""
-    now = utcnow()
+    lease_until = utcnow() + timedelta(seconds=lease_s)
     with sessions.begin() as session:
-        claimed = session.execute(
-            update(Study)
-            .where(Study.id == study_id, Study.status == QUEUED)
-            .values(
-                status=RUNNING,
-                started_at=now,
-                attempts=Study.attempts + 1,
-                error="",
-                progress="",
-                worker=worker,
-                lease_until=now + timedelta(seconds=lease_s),
-                dispatched_at=None,
-                dispatch_after=None,
-            )
+        return claim(
+            session, study_id, worker=worker, lease_until=lease_until, dispatched_at=None, dispatch_after=None
         )
-        return session.get(Study, study_id) if claimed.rowcount == 1 else None
 
 
 class DistributedWorker(Worker):
