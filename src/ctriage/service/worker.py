@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 
@@ -30,12 +31,9 @@ def run_worker(config: ServiceConfig) -> None:
     if config.metrics_port:
         serve_metrics(config.metrics_port)
     app = celery_app(config)
-    made: list[DistributedWorker] = []  # one per process, made in the process (after the fork of a pool)
-
-    def worker() -> DistributedWorker:
-        if not made:
-            made.append(DistributedWorker(config, open_db(config.db_url), timed(default_analyze)))
-        return made[0]
+    @functools.cache
+    def worker() -> DistributedWorker:  # one per process, made in the process (after the fork of a pool)
+        return DistributedWorker(config, open_db(config.db_url), timed(default_analyze))
 
     register_task(app, worker)
     pool = "solo" if config.workers <= 1 else "prefork"
