@@ -76,7 +76,7 @@ class StudyResult:
         grid = self.analysed_slices  # the masks repeat between analysed slices: their HU is enough
         image = severity_projection(self.volume.hu_at(grid), self.lungs.labels[grid] > 0, self.lesions.mask[grid],
                                     self.analysed_spacing_mm)
-        return np.asarray(image.convert("RGB"))
+        return np.asarray(image)  # an RGB image: no conversion (a copy) needed
 
     def set_completeness(self, reasons: list[str]) -> None:
         """Record the completeness check; an incomplete series' identification is marked not reliable."""
