@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from datetime import date
 from pathlib import Path
@@ -13,17 +12,11 @@ import pytest
 from pydicom.uid import generate_uid
 
 from ctriage.service.config import ServiceConfig
+from ctriage.testing.servers import free_port
 from tests.conftest import TOTALSEG, require
 
 EXAMPLE_CT = TOTALSEG / "tests" / "reference_files" / "example_ct_dicom"  # 20 slices, 512 x 512, JPEG 2000
 TEST_PATIENT = "CTRIAGE-TEST"
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
