@@ -17,6 +17,7 @@ Reference masks are palette (or grey) PNGs with :class:`ctriage.labels.LesionLab
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +33,15 @@ def numeric_key(path: Path) -> tuple[int, str]:
     return (int(stem), stem) if stem.isdigit() else (1 << 30, stem)
 
 
+def _image_files(folder: Path) -> Iterator[Path]:
+    """The image files in ``folder`` (by suffix, ``IMAGE_SUFFIXES``), in directory order."""
+    return (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def paired_files(images_dir: Path, masks_dir: Path) -> list[tuple[Path, Path]]:
     """(image, mask) pairs matched by file stem, in numeric-then-name order; images without a mask are skipped."""
-    masks = {p.stem: p for p in masks_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    images = sorted((p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=numeric_key)
+    masks = {p.stem: p for p in _image_files(masks_dir)}
+    images = sorted(_image_files(images_dir), key=numeric_key)
     return [(p, masks[p.stem]) for p in images if p.stem in masks]
 
 
@@ -87,7 +93,7 @@ def read_labels_csv(labels_csv: Path, images_dir: Path) -> list[LabelledSlice]:
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(_image_files(folder))
 
 
 def _ucsd_splits(root: Path) -> dict[str, str]:
