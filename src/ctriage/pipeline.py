@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ctriage.identify import IdentificationModel
     from ctriage.models.registry import ModelHandle
 
-__all__ = ["STAGES", "Analyzer", "Models", "StudyResult", "analysis_slices", "analyze", "analyze_path",
+__all__ = ["STAGES", "Analyzer", "Models", "analysis_slices", "analyze", "analyze_path",
            "analyze_study", "analyze_volume", "lesion_search_area", "lesions_in_lungs"]
 
 STAGES = ("load", "lungs", "lesions", "identification", "severity")  # what ``progress`` is told, in this order
