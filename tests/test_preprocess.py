@@ -40,6 +40,8 @@ def test_work_grid_object_matches_the_functions():
     assert np.array_equal(grid.subsample(mask), subsample(mask, 3, 2))
     assert np.array_equal(grid.upsample(grid.subsample(mask), mask.shape), upsample(subsample(mask, 3, 2), 3,
                                                                                      mask.shape, 2))
+    # the pipeline's way back from the analysed slices: each slice takes the middle slice of its pair
+    assert np.array_equal(grid.upsample_slices(mask[grid.slices], mask.shape), mask[1::2].repeat(2, axis=0))
     plane = np.zeros((40, 50), bool)
     plane[10:20, 30:35] = True
     assert grown_box(plane, 2.0, (0.7, 1.0)) == (slice(7, 23), slice(28, 37))  # 2 mm: 3 rows, 2 columns
