@@ -92,3 +92,6 @@ def test_stages_are_declared_once():
     with pytest.raises(ValueError, match="not declared"), _timed({}, "no-such-stage", None):
         pass
     assert ctriage.STAGES[0] == "load" and len(set(ctriage.STAGES)) == len(ctriage.STAGES)
+    from ctriage.cli import REPORT_STAGE
+
+    assert REPORT_STAGE not in ctriage.STAGES  # the bar's last step is its own
