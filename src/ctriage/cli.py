@@ -153,7 +153,7 @@ def triage_command(
     missing = [str(d) for d in outdirs if not (d / "report.json").is_file()]
     if missing:
         typer.echo(f"no report.json in: {', '.join(missing)}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_BAD_INPUT)
     Console().print(worklist_table(rank([load_item(d) for d in outdirs], policy), policy))
 
 
