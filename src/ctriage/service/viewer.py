@@ -20,6 +20,8 @@ import jpeg_ls
 import numpy as np
 import pydicom
 
+from ctriage.preprocess import voxels_per_slice
+
 if TYPE_CHECKING:
     from ctriage.result import StudyResult
 
@@ -49,7 +51,7 @@ def save_viewer(result: StudyResult, outdir: Path) -> Path:
     volume, lesion_mask, lung_labels = result.volume, result.lesions.mask, result.lungs.labels
     n_slices = volume.shape[0]
     numbers = _instance_numbers(volume.slice_files, n_slices)
-    lesion_voxels = np.count_nonzero(lesion_mask.reshape(n_slices, -1), axis=1)
+    lesion_voxels = voxels_per_slice(lesion_mask)
     slices = [
         {
             "position_mm": round(float((volume.affine @ np.array([z, 0.0, 0.0, 1.0]))[2]), 2),
