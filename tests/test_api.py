@@ -14,6 +14,7 @@ import pytest
 
 import ctriage
 from ctriage.io import CTVolume
+from ctriage.io.nifti import save_nifti
 from ctriage.models.registry import PACKAGE_MODEL_DIR
 from tests.conftest import REPO
 
@@ -95,3 +96,14 @@ def test_stages_are_declared_once():
     from ctriage.cli import REPORT_STAGE
 
     assert REPORT_STAGE not in ctriage.STAGES  # the bar's last step is its own
+
+
+def test_analyze_takes_a_lesion_mask(tmp_path: Path, phantom):
+    """``ctriage.analyze`` measures a given lesion mask (NIfTI), as ``Analyzer.analyze`` and the command line do."""
+    ct = save_nifti(phantom.volume.hu, phantom.volume.affine, tmp_path / "ct.nii.gz")
+    mask = save_nifti(phantom.lesion_labels, phantom.volume.affine, tmp_path / "lesions.nii.gz")
+    result = ctriage.analyze(ct, lesion_mask=str(mask))
+    assert result.lesions.source == "given mask"
+    voxel_ml = phantom.volume.voxel_volume_ml
+    assert result.severity.ggo_ml == pytest.approx((phantom.lesion_labels == 1).sum() * voxel_ml, rel=1e-6)
+    assert result.severity.consolidation_ml == pytest.approx((phantom.lesion_labels == 2).sum() * voxel_ml, rel=1e-6)

@@ -226,7 +226,8 @@ class Analyzer:
 
 def analyze(
     source: Path | str | StudySource | CTVolume, *, models: Models | Path | str | None = None,
-    progress: Progress | None = None,
+    lesion_mask: Path | str | None = None, progress: Progress | None = None,
 ) -> StudyResult:
-    """Analyse one study (see :meth:`Analyzer.analyze`) with ``models`` (see :class:`Analyzer`)."""
-    return Analyzer(models).analyze(source, progress=progress)
+    """Analyse one study (see :meth:`Analyzer.analyze`, also for ``lesion_mask``) with ``models`` (see
+    :class:`Analyzer`)."""
+    return Analyzer(models).analyze(source, lesion_mask=lesion_mask, progress=progress)

@@ -19,7 +19,8 @@ def lesions(
     data_root: Annotated[Path, typer.Option(help="Folder with medseg_infnet_2d/, acl_ggo_311/.")] = DEFAULT_DATA_ROOT,
     net: Annotated[str, typer.Option(help="Network: unet, unetpp or multitask.")] = "unet",
     features: Annotated[str, typer.Option(help="MONAI BasicUNet feature widths (6 integers).")] = "12,24,48,96,192,12",
-    space_to_depth: Annotated[int, typer.Option(help="The body runs at 1/f of the input resolution (2 or 4).")] = 2,
+    space_to_depth: Annotated[int, typer.Option(help="The body runs at 1/f of the input resolution (1, 2 or 4).")] = 2,
+    norm: Annotated[str, typer.Option(help="Normalisation: batch (folds into the convolutions) or instance.")] = "batch",
     input_size: Annotated[int, typer.Option(help="Square model input size in pixels.")] = 256,
     pretrain_steps: Annotated[int, typer.Option(help="Binary pre-training steps (pseudo-label + ACL).")] = 300,
     finetune_steps: Annotated[int, typer.Option(help="Three-class fine-tuning steps on MedSeg train.")] = 300,
@@ -45,7 +46,7 @@ def lesions(
 
     from ctriage.train.data import MEDSEG_MULTICLASS, build_cache, load_cache, validation_names
     from ctriage.train.loop import TrainConfig, subset, train_lesion_net
-    from ctriage.train.nets import build_net
+    from ctriage.train.nets import build_net, load_weights
     from ctriage.train.real_ct import TRAINING_CTS, build_real_cache, load_real_cache
 
     torch.set_num_threads(threads)
@@ -62,14 +63,14 @@ def lesions(
     config = TrainConfig(pretrain_steps=pretrain_steps, finetune_steps=finetune_steps, batch_size=batch_size,
                          learning_rate=learning_rate, seed=seed, lesion_class_weight=lesion_class_weight,
                          real_share=real_share if real_ct else 0.0)
-    model = build_net(net, widths, space_to_depth=space_to_depth)
+    model = build_net(net, widths, space_to_depth=space_to_depth, norm=norm)
     if init_weights is not None:
         state = torch.load(init_weights)
-        model.load_state_dict(state.get("net", state))
+        load_weights(model, state.get("net", state))
     typer.echo(f"{net} {widths}: {sum(p.numel() for p in model.parameters())} parameters; "
                f"train {len(train.names)} + {len(binary.names)} binary + {[len(s.names) for s in real]} real-CT, "
                f"validation {val_names}")
-    weights_file = cache_dir / f"lesions_{net}_s2d{space_to_depth}_{'real' if real_ct else 'medseg'}.pt"
+    weights_file = cache_dir / f"lesions_{net}_s2d{space_to_depth}_{norm}_{'real' if real_ct else 'medseg'}.pt"
     history = train_lesion_net(model, train, val, binary, config, log=typer.echo, real=real,
                                checkpoint_file=weights_file)
     if history_json is not None:
@@ -84,7 +85,7 @@ def lesions(
 
     onnx_path = export_onnx(model, export_dir / "weights" / "lesions.onnx", image_example(input_size))
     command = (f"ctriage train lesions --net {net} --features {features} --space-to-depth {space_to_depth} "
-               f"--input-size {input_size} "
+               f"--norm {norm} --input-size {input_size} "
                f"--pretrain-steps {pretrain_steps} --finetune-steps {finetune_steps} --batch-size {batch_size} "
                f"--learning-rate {learning_rate} --lesion-class-weight {lesion_class_weight} "
                f"--{'' if real_ct else 'no-'}real-ct --real-share {real_share} --seed {seed} "
@@ -96,7 +97,7 @@ def lesions(
         "date": f"{datetime.now(UTC):%Y-%m-%d}",
         "task": "2D lesion segmentation of axial chest CT slices cropped to the lungs",
         "classes": {"0": "background", "1": "ground-glass opacity", "2": "consolidation"},
-        "architecture": {"net": net, "features": list(widths), "space_to_depth": space_to_depth,
+        "architecture": {"net": net, "features": list(widths), "space_to_depth": space_to_depth, "norm": norm,
                          "parameters": sum(p.numel() for p in model.parameters())},
         "input": {"name": "image", "shape": ["N", 1, input_size, input_size], "dtype": "float32",
                   "size_px": input_size,

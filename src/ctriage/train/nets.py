@@ -2,8 +2,9 @@
 
 CPU speed drives the design: every network runs its U-shaped body at 1/f resolution on a lossless
 space-to-depth view of the input (PixelUnshuffle, f x f pixels -> f^2 channels) and turns f^2 x 3 output channels
-back into full-resolution logits (PixelShuffle); f = ``space_to_depth`` (2 or 4). Batch norm + ReLU fold into
-the convolutions in ONNX Runtime.
+back into full-resolution logits (PixelShuffle); f = ``space_to_depth`` (1, 2 or 4). Batch norm + ReLU fold into
+the convolutions in ONNX Runtime; instance norm (MONAI's default for BasicUNet) normalises each slice's feature maps
+on their own, which costs an extra pass per layer but does not depend on batch statistics.
 
 * ``unet``      MONAI BasicUNet.
 * ``unetpp``    MONAI BasicUNetPlusPlus (nested skip connections).
@@ -22,6 +23,7 @@ NUM_CLASSES = 3  # 0 background, 1 GGO, 2 consolidation
 DEFAULT_FEATURES = (12, 24, 48, 96, 192, 12)
 DEFAULT_SPACE_TO_DEPTH = 2
 NET_NAMES = ("unet", "unetpp", "multitask")
+NORMS = {"batch": "batch", "instance": ("instance", {"affine": True})}  # MONAI norm arguments by name
 
 
 class SpaceToDepthSegmenter(nn.Module):
@@ -44,9 +46,9 @@ class SpaceToDepthSegmenter(nn.Module):
 class MultitaskUNet(BasicUNet):
     """BasicUNet with a classification head (global average pool + linear) on its top decoder feature map."""
 
-    def __init__(self, in_channels: int, out_channels: int, features: tuple[int, ...]):
+    def __init__(self, in_channels: int, out_channels: int, features: tuple[int, ...], norm: str = "batch"):
         super().__init__(spatial_dims=2, in_channels=in_channels, out_channels=out_channels, features=features,
-                         norm="batch", act="relu")
+                         norm=NORMS[norm], act="relu")
         self.classifier = nn.Linear(features[5], 1)
         self.last_class_logit: torch.Tensor | None = None
 
@@ -71,16 +73,29 @@ def build_net(
     features: tuple[int, ...] = DEFAULT_FEATURES,
     in_channels: int = 1,
     space_to_depth: int = DEFAULT_SPACE_TO_DEPTH,
+    norm: str = "batch",
 ) -> SpaceToDepthSegmenter:
-    """The network called ``name`` (one of :data:`NET_NAMES`) with MONAI feature widths ``features``, its body
-    running at 1/``space_to_depth`` of the input resolution."""
+    """The network called ``name`` (one of :data:`NET_NAMES`) with MONAI feature widths ``features`` and
+    normalisation ``norm`` (a key of :data:`NORMS`), its body running at 1/``space_to_depth`` of the input
+    resolution."""
+    if norm not in NORMS:
+        raise ValueError(f"unknown normalisation {norm!r}; choose one of {', '.join(NORMS)}")
     body_in, body_out = space_to_depth**2 * in_channels, space_to_depth**2 * NUM_CLASSES
     if name == "unet":
-        body: nn.Module = BasicUNet(2, body_in, body_out, features=features, norm="batch", act="relu")
+        body: nn.Module = BasicUNet(2, body_in, body_out, features=features, norm=NORMS[norm], act="relu")
     elif name == "unetpp":
-        body = BasicUNetPlusPlus(2, body_in, body_out, features=features, norm="batch", act="relu")
+        body = BasicUNetPlusPlus(2, body_in, body_out, features=features, norm=NORMS[norm], act="relu")
     elif name == "multitask":
-        body = MultitaskUNet(body_in, body_out, features)
+        body = MultitaskUNet(body_in, body_out, features, norm)
     else:
         raise ValueError(f"unknown lesion network {name!r}; choose one of {', '.join(NET_NAMES)}")
     return SpaceToDepthSegmenter(body, space_to_depth)
+
+
+def load_weights(net: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a checkpoint's ``state`` into ``net``; batch-norm running statistics are skipped where ``net``
+    normalises per instance (its convolution and affine weights still start from the checkpoint)."""
+    own = net.state_dict()
+    skipped = {k for k in state if k not in own and k.rsplit(".", 1)[-1] in ("running_mean", "running_var",
+                                                                              "num_batches_tracked")}
+    net.load_state_dict({k: v for k, v in state.items() if k not in skipped})
