@@ -12,7 +12,7 @@ from ctriage.models.registry import ModelHandle  # noqa: E402
 from ctriage.train.data import lung_bounding_box, validation_names  # noqa: E402
 from ctriage.train.export import export_onnx, image_example  # noqa: E402
 from ctriage.train.loop import augment, binary_loss, lesion_logit  # noqa: E402
-from ctriage.train.nets import NET_NAMES, build_net  # noqa: E402
+from ctriage.train.nets import NET_NAMES, build_net, load_weights  # noqa: E402
 
 
 @pytest.mark.parametrize("name", NET_NAMES)
@@ -35,6 +35,27 @@ def test_onnx_and_torch_agree(tmp_path):
     with torch.no_grad():
         expected = net.eval()(torch.from_numpy(batch)).numpy()
     np.testing.assert_allclose(handle.run(batch), expected, atol=1e-4)
+
+
+def test_instance_norm_net_exports_and_starts_from_batch_norm_weights(tmp_path):
+    """An instance-norm net loads a batch-norm checkpoint's convolutions (running statistics skipped), and its
+    ONNX export normalises each slice on its own: a slice's logits do not depend on the rest of the batch."""
+    torch.manual_seed(0)
+    batch_norm = build_net("multitask", features=(4, 8, 16, 16, 32, 4))
+    instance = build_net("multitask", features=(4, 8, 16, 16, 32, 4), norm="instance")
+    load_weights(instance, batch_norm.state_dict())
+    conv = "body.conv_0.conv_0.conv.weight"
+    torch.testing.assert_close(instance.state_dict()[conv], batch_norm.state_dict()[conv])
+    assert not any("running_mean" in key for key in instance.state_dict())
+    onnx_path = export_onnx(instance, tmp_path / "lesions.onnx", image_example(64))
+    handle = ModelHandle.from_files(onnx_path, {"name": "lesions", "version": "t", "input": {"size_px": 64}})
+    batch = np.random.default_rng(0).random((3, 1, 64, 64), dtype=np.float32)
+    with torch.no_grad():
+        expected = instance.eval()(torch.from_numpy(batch)).numpy()
+    np.testing.assert_allclose(handle.run(batch), expected, atol=1e-4)
+    np.testing.assert_allclose(handle.run(batch[1:2]), expected[1:2], atol=1e-4)
+    with pytest.raises(ValueError, match="normalisation"):
+        build_net("unet", norm="group")
 
 
 def test_augment_keeps_labels_and_range():

@@ -20,7 +20,7 @@ def lesions(
     net: Annotated[str, typer.Option(help="Network: unet, unetpp or multitask.")] = "unet",
     features: Annotated[str, typer.Option(help="MONAI BasicUNet feature widths (6 integers).")] = "12,24,48,96,192,12",
     space_to_depth: Annotated[int, typer.Option(help="The body runs at 1/f of the input resolution (1, 2 or 4).")] = 2,
-    norm: Annotated[str, typer.Option(help="Normalisation: batch (folds into the convolutions) or instance.")] = "batch",
+    norm: Annotated[str, typer.Option(help="Normalisation: batch (folds into the convs) or instance.")] = "batch",
     input_size: Annotated[int, typer.Option(help="Square model input size in pixels.")] = 256,
     pretrain_steps: Annotated[int, typer.Option(help="Binary pre-training steps (pseudo-label + ACL).")] = 300,
     finetune_steps: Annotated[int, typer.Option(help="Three-class fine-tuning steps on MedSeg train.")] = 300,
