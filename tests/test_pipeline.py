@@ -19,11 +19,11 @@ from ctriage.pipeline import analyze_path, analyze_volume, lesions_in_lungs
 from ctriage.preprocess import WorkGrid
 from tests.conftest import A0001_DICOM, CAP001, NORMAL002_DICOM, P001_DICOM, P001_LABELS, REPO, require
 
-# reached: 69 / 80 labelled slices carry lesion, 65 / 68 unlabelled ones do not; one slice of slack each
-P001_MIN_SENSITIVITY = 68 / 80
-P001_MIN_SPECIFICITY = 64 / 68
-# cap001 (community-acquired pneumonia): 50 of its 69 slices labelled clear carry no lesion; one slice of slack
-CAP001_MIN_SPECIFICITY = 49 / 69
+# reached: 72 / 80 labelled slices carry lesion, 64 / 68 unlabelled ones do not; one slice of slack each
+P001_MIN_SENSITIVITY = 71 / 80
+P001_MIN_SPECIFICITY = 63 / 68
+# cap001 (community-acquired pneumonia): 49 of its 69 slices labelled clear carry no lesion; one slice of slack
+CAP001_MIN_SPECIFICITY = 48 / 69
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_p001_lungs_contain_the_lesions(p001_result):
     assert not (result.lesions.mask[~lung] > 0).any()
     left_ml, right_ml = result.severity.left.lung_ml, result.severity.right.lung_ml
     assert 2500 < left_ml < 3600 and 2500 < right_ml < 3600, (left_ml, right_ml)  # measured 3020 / 3095 mL
-    assert result.severity.lesion_ml >= 60.0  # measured 63.8 mL: a severity tool must not under-report
+    assert result.severity.lesion_ml >= 60.0  # measured 61.9 mL: a severity tool must not under-report
 
 
 def test_p001_slice_level_agreement(p001_result):
@@ -118,7 +118,7 @@ def test_normal_chest_reads_normal(normal002_result):
 
 def test_cap001_slice_specificity_and_below_covid(cap001_result, p001_result):
     """COVID-CT-MD cap001 (community-acquired pneumonia, never trained on): slice agreement with the
-    radiologists' infection labels at the figures reached (sensitivity 15 / 15, specificity 50 / 69; below the
+    radiologists' infection labels at the figures reached (sensitivity 15 / 15, specificity 49 / 69; below the
     0.85 aimed at, see docs/models.md) and an identification score below the COVID-19 study's."""
     reference = read_slice_labels(require(CAP001 / "slice_labels.csv"), cap001_result.volume.slice_files)
     agreement = slice_agreement(cap001_result.lesions.mask, cap001_result.volume.spacing_mm, reference)
