@@ -19,7 +19,7 @@ import numpy as np
 from ctriage.evaluate.slices import read_slice_labels, slice_agreement
 from ctriage.lungs import segment_lungs
 from ctriage.models.registry import load_model
-from ctriage.pipeline import analyze_path
+from ctriage.pipeline import Models, analyze_path
 from ctriage.preprocess import WorkGrid
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -32,10 +32,11 @@ STUDIES = {
 }
 
 
-def study_row(name: str, path: Path) -> dict:
-    """Figures of one study (``path``: a study folder with dicom/ and maybe slice_labels.csv, or a NIfTI)."""
+def study_row(name: str, path: Path, models: Models | None = None) -> dict:
+    """Figures of one study (``path``: a study folder with dicom/ and maybe slice_labels.csv, or a NIfTI), analysed
+    with ``models`` (default the installed ones)."""
     source = path / "dicom" if (path / "dicom").is_dir() else path
-    result = analyze_path(source)
+    result = analyze_path(source, models=models)
     volume, severity = result.volume, result.severity
     lung = result.lungs.left | result.lungs.right
     aerated = segment_lungs(volume.hu, WorkGrid.of(volume.spacing_mm)).combined
