@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from ctriage.labels import LesionLabel
+from ctriage.labels import LesionLabel, label_mask
 from ctriage.models.registry import ModelHandle, load_model
 from ctriage.preprocess import WorkGrid, voxels_per_slice
 
@@ -103,8 +103,7 @@ def slice_counts(
     counts[:, LUNG_LEFT] = voxels_per_slice(left)
     counts[:, LUNG_RIGHT] = voxels_per_slice(right)
     lesion = lesion_mask > 0
-    # a np.uint8 label: against an IntEnum numpy casts the whole mask to int64 first
-    counts[:, N_GGO] = voxels_per_slice((lesion_mask == np.uint8(LesionLabel.GGO)) & (left | right))
+    counts[:, N_GGO] = voxels_per_slice(label_mask(lesion_mask, LesionLabel.GGO) & (left | right))
     for side, column in ((left, LESION_LEFT), (right, LESION_RIGHT)):
         lesion_in_lung = lesion & side
         counts[:, column] = voxels_per_slice(lesion_in_lung)

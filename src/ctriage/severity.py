@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ctriage.labels import LesionLabel
+from ctriage.labels import LesionLabel, label_mask
 
 # CT-0..CT-4 upper bounds of the lesion percentage of the worse lung (Morozov et al., used by Goncharov et al.)
 CT_CATEGORY_BOUNDS_PERCENT = (25.0, 50.0, 75.0)
@@ -53,9 +53,8 @@ def ct_category(max_ratio: float) -> int:
 
 def _lung_severity(lung: np.ndarray, lesion_labels: np.ndarray, voxel_ml: float) -> LungSeverity:
     inside = lesion_labels[lung]
-    # np.uint8 labels: numpy compares a uint8 array with an IntEnum by casting the array to int64 (twice as slow)
-    ggo = int(np.count_nonzero(inside == np.uint8(LesionLabel.GGO)))
-    consolidation = int(np.count_nonzero(inside == np.uint8(LesionLabel.CONSOLIDATION)))
+    ggo = int(np.count_nonzero(label_mask(inside, LesionLabel.GGO)))
+    consolidation = int(np.count_nonzero(label_mask(inside, LesionLabel.CONSOLIDATION)))
     lung_voxels = int(np.count_nonzero(lung))
     lesion = ggo + consolidation
     return LungSeverity(

@@ -24,7 +24,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 import ctriage
-from ctriage.labels import LesionLabel
+from ctriage.labels import LesionLabel, label_mask
 from ctriage.report.images import CONSOLIDATION_RGB, GGO_RGB, LUNG_EDGE_RGB
 
 if TYPE_CHECKING:
@@ -133,8 +133,8 @@ def _series(replaces: pydicom.Dataset | None) -> tuple[str, int]:
 def _segment_masks(result: StudyResult) -> tuple[Callable[[], np.ndarray], ...]:
     """The masks of ``SEGMENTS`` in order, each computed when asked for (one full-size mask at a time)."""
     return (
-        lambda: result.lesions.mask == np.uint8(LesionLabel.GGO),  # uint8: an IntEnum would widen the mask
-        lambda: result.lesions.mask == np.uint8(LesionLabel.CONSOLIDATION),
+        lambda: label_mask(result.lesions.mask, LesionLabel.GGO),
+        lambda: label_mask(result.lesions.mask, LesionLabel.CONSOLIDATION),
         lambda: result.lungs.right,
         lambda: result.lungs.left,
     )
