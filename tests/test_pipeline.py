@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ctriage.evaluate.metrics import dice
-from ctriage.evaluate.slices import read_slice_labels, slice_agreement
+from ctriage.evaluate.slices import marked_attenuation, marked_slices, read_slice_labels, slice_agreement
 from ctriage.lesions import segment_lesions
 from ctriage.lungs import dense_lung_region, segment_lungs
 from ctriage.pipeline import analyze_path, analyze_volume, lesions_in_lungs
@@ -125,6 +125,22 @@ def test_cap001_slice_specificity_and_below_covid(cap001_result, p001_result):
     assert agreement.sensitivity >= 14 / 15, agreement
     assert agreement.specificity >= CAP001_MIN_SPECIFICITY, agreement
     assert cap001_result.identification.probability < p001_result.identification.probability
+
+
+def test_cap001_clear_slices_marked_where_opacity_is(cap001_result):
+    """What the model marks on cap001's slices labelled clear has the attenuation of ground glass, as on its slices
+    labelled infected, not of aerated lung (about -850 HU): these "false positives" are opacities outside the
+    labelled rows (measured: median -558 HU, 2.76 mL per slice; labelled infected -480 HU, 2.94 mL), the reason
+    why cap001's 0.85 is not reached (docs/models.md)."""
+    volume, lesion = cap001_result.volume, cap001_result.lesions.mask
+    reference = read_slice_labels(require(CAP001 / "slice_labels.csv"), volume.slice_files)
+    marked = marked_slices(lesion, volume.spacing_mm)
+    clear = marked_attenuation(lesion, volume.hu, volume.spacing_mm, marked & ~reference)
+    infected = marked_attenuation(lesion, volume.hu, volume.spacing_mm, marked & reference)
+    assert clear.slices >= 1  # measured 20 of 69
+    assert -700 <= clear.hu_quartiles[1] <= -300 and -700 <= infected.hu_quartiles[1] <= -300
+    assert clear.hu_quartiles[0] > -750  # three quarters of the marked voxels are denser than aerated lung
+    assert clear.ml_per_slice > 0.5 * infected.ml_per_slice
 
 
 def test_cap001_stomach_gas_is_not_lung(cap001_result):
